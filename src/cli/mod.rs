@@ -1,0 +1,44 @@
+//! Command-line interface: one file a subcommand, each a thin layer over the library.
+
+mod analyze;
+mod check_config;
+mod info;
+mod phantom;
+
+use clap::{Parser, Subcommand};
+use noduled::logging::LogFormat;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "noduled", version, about = "Lung-nodule detection beside the CT scanner")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr: `auto` is human on a terminal and JSON otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+    /// More log detail (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load a CT series folder and print its geometry (refuses series the pipeline cannot trust).
+    Info(info::Args),
+    /// Find nodules in a CT series and answer "are malignant nodules present?".
+    Analyze(analyze::Args),
+    /// Write deterministic synthetic chest CTs with known nodules.
+    Phantom(phantom::Args),
+    /// Validate a configuration file, reporting every bad key at once.
+    CheckConfig(check_config::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Analyze(args) => analyze::run(args),
+        Command::Phantom(args) => phantom::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
+    }
+}
