@@ -1,1 +1,238 @@
-//! (to be written)
+//! Configuration: one TOML file, loaded once into a validated [`Config`].
+//!
+//! Every key has a default (the documented example is `config/noduled.toml`), so an empty file is a
+//! valid configuration. Validation reports *all* problems at once — unknown keys, wrong types and
+//! out-of-range values — because an operator fixing a file one error per restart is a bad afternoon.
+//! The schema is the [`Default`] value itself: any key it serialises is known, with its type.
+
+use crate::dicom::SeriesRules;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub series: SeriesRules,
+    pub pipeline: PipelineConfig,
+}
+
+/// `[log]`: where and how much to log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `auto` (human on a terminal, JSON otherwise), `human` or `json`.
+    pub format: String,
+    /// A `tracing` filter such as `info` or `noduled=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "auto".into(), level: "info".into() }
+    }
+}
+
+/// `[pipeline]`: models and compute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Folder of the default models (relative paths are taken from the working directory).
+    pub models_dir: PathBuf,
+    /// Segmentation U-Net file name inside `models_dir`, or an absolute path.
+    pub segmentation_model: PathBuf,
+    /// Nodule classifier file name inside `models_dir`, or an absolute path.
+    pub nodule_model: PathBuf,
+    /// Malignancy model file name inside `models_dir`, an absolute path, or `diameter` (the book's
+    /// diameter baseline).
+    pub malignancy_model: String,
+    /// Worker threads for inference; 0 means all cores.
+    pub threads: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            models_dir: PathBuf::from("models"),
+            segmentation_model: PathBuf::from("segmentation.onnx"),
+            nodule_model: PathBuf::from("nodule.onnx"),
+            malignancy_model: "diameter".into(),
+            threads: 0,
+        }
+    }
+}
+
+/// A configuration that could not be used; `problems` holds every one found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {} problem(s): {}", .problems.len(), .problems.join("; "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
+        Config::parse(&text)
+            .map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+    }
+
+    /// Parses and validates TOML text; on failure returns every problem found.
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
+        let schema = toml::Table::try_from(Config::default()).map_err(|e| vec![e.to_string()])?;
+        let mut problems = Vec::new();
+        compare("", &table, &schema, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
+        config.check_ranges(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn check_ranges(&self, problems: &mut Vec<String>) {
+        if !["auto", "human", "json"].contains(&self.log.format.as_str()) {
+            problems.push(format!("log.format must be auto, human or json, not {:?}", self.log.format));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!("log.level {:?} is not a valid filter", self.log.level));
+        }
+        let s = &self.series;
+        if s.min_slices < 7 {
+            problems.push(format!("series.min_slices must be at least 7 (the U-Net's context), not {}", s.min_slices));
+        }
+        if s.max_slices < s.min_slices {
+            problems.push("series.max_slices must not be below series.min_slices".into());
+        }
+        if !(s.max_gap_factor > 1.0) {
+            problems.push(format!("series.max_gap_factor must be above 1, not {}", s.max_gap_factor));
+        }
+        if !(s.warn_thickness_mm > 0.0) {
+            problems.push("series.warn_thickness_mm must be positive".into());
+        }
+        if !(0.0..=90.0).contains(&s.max_axial_angle_deg) {
+            problems.push("series.max_axial_angle_deg must be between 0 and 90".into());
+        }
+        if !(s.uneven_step_fraction >= 0.0) {
+            problems.push("series.uneven_step_fraction must not be negative".into());
+        }
+        if self.pipeline.malignancy_model.trim().is_empty() {
+            problems.push("pipeline.malignancy_model must be `diameter` or a model file".into());
+        }
+    }
+
+    /// A model path from the configuration, resolved against `models_dir` unless absolute.
+    pub fn model_path(&self, file: &Path) -> PathBuf {
+        if file.is_absolute() {
+            file.to_path_buf()
+        } else {
+            self.pipeline.models_dir.join(file)
+        }
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn type_name(value: &toml::Value) -> &'static str {
+    value.type_str()
+}
+
+/// Records unknown keys and type mismatches of `given` against the default `schema`.
+fn compare(prefix: &str, given: &toml::Table, schema: &toml::Table, problems: &mut Vec<String>) {
+    for (key, value) in given {
+        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match schema.get(key) {
+            None => problems.push(format!("unknown key `{name}`")),
+            Some(toml::Value::Table(inner)) => match value {
+                toml::Value::Table(given_inner) => compare(&name, given_inner, inner, problems),
+                other => problems.push(format!("`{name}` must be a table, not of type {}", type_name(other))),
+            },
+            Some(expected) => {
+                let fits = matches!(
+                    (expected, value),
+                    (toml::Value::Float(_), toml::Value::Integer(_) | toml::Value::Float(_))
+                        | (toml::Value::Integer(_), toml::Value::Integer(_))
+                        | (toml::Value::String(_), toml::Value::String(_))
+                        | (toml::Value::Boolean(_), toml::Value::Boolean(_))
+                        | (toml::Value::Array(_), toml::Value::Array(_))
+                );
+                if !fits {
+                    problems.push(format!("`{name}` must be of type {}, not {}", type_name(expected), type_name(value)));
+                } else if let (toml::Value::Integer(_), toml::Value::Integer(n)) = (expected, value) {
+                    if *n < 0 {
+                        problems.push(format!("`{name}` must not be negative"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "colour = 1\n[log]\nformat = 'xml'\n[series]\nmin_slices = 'many'\nmax_gap_factor = 2\nbogus = true\n[pipeline]\nthreads = -1\n";
+        let problems = Config::parse(text).unwrap_err();
+        let all = problems.join("\n");
+        assert!(all.contains("unknown key `colour`"), "{all}");
+        assert!(all.contains("unknown key `series.bogus`"), "{all}");
+        assert!(all.contains("`series.min_slices` must be of type integer"), "{all}");
+        assert!(all.contains("`pipeline.threads` must not be negative"), "{all}");
+        assert_eq!(problems.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn range_problems_are_reported_together() {
+        let problems = Config::parse("[log]\nformat = 'xml'\n[series]\nmin_slices = 3\nmax_gap_factor = 0.5\n").unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn integer_accepted_where_float_expected() {
+        let config = Config::parse("[series]\nmax_gap_factor = 2\n").unwrap();
+        assert_eq!(config.series.max_gap_factor, 2.0);
+    }
+
+    #[test]
+    fn syntax_error_is_one_line() {
+        let problems = Config::parse("[series\nmin_slices = 7").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].contains('\n'));
+    }
+
+    #[test]
+    fn documented_example_is_complete_and_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/noduled.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config, Config::default(), "the example must show the defaults");
+        // Every default key appears in the example (uncommented).
+        let given: toml::Table = text.parse().unwrap();
+        let schema = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in &schema {
+            let keys = keys.as_table().unwrap();
+            for key in keys.keys() {
+                assert!(given.get(section).and_then(|s| s.get(key)).is_some(), "{section}.{key} missing from the example");
+            }
+        }
+    }
+}

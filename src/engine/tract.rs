@@ -1,0 +1,236 @@
+//! The default engine: [tract](https://github.com/sonos/tract), pure Rust, no native libraries.
+//!
+//! An ONNX file is parsed once at load. For every concrete input shape it is then run with, the
+//! model is specialised to that shape, optimised (`into_optimized`) and turned into a runnable plan
+//! exactly once; plans are cached and shared by all worker threads (a plan is `Send + Sync`, each
+//! `run` spawns its own state). tract runs each call on the calling thread, so parallelism comes from
+//! the caller's thread pool: the pipeline runs many slices or crops at once.
+
+use super::{Dim, Engine, EngineError, Model, ModelInfo, Outputs};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+/// The tract engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TractEngine;
+
+impl TractEngine {
+    pub fn new() -> Self {
+        TractEngine
+    }
+}
+
+impl Engine for TractEngine {
+    fn name(&self) -> String {
+        "tract 0.23.9".to_string()
+    }
+
+    fn load(&self, path: &Path) -> Result<Arc<dyn Model>, EngineError> {
+        Ok(Arc::new(TractModel::load(path)?))
+    }
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// An ONNX model parsed by tract, with one optimised plan per input shape it has been run with.
+pub struct TractModel {
+    info: ModelInfo,
+    parsed: InferenceModel,
+    plans: Mutex<HashMap<Vec<usize>, Plan>>,
+}
+
+impl std::fmt::Debug for TractModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TractModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// tract reports errors as `anyhow` chains: keep the whole chain, on one line.
+fn chain(err: &tract_onnx::prelude::TractError) -> String {
+    format!("{err:#}")
+}
+
+impl TractModel {
+    /// Reads, hashes and parses an ONNX file; fails on anything but one float32 input.
+    pub fn load(path: &Path) -> Result<TractModel, EngineError> {
+        let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parse_err = |message: String| EngineError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let sha256 = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut bytes.as_slice())
+            .map_err(|e| parse_err(chain(&e)))?;
+        let metadata: BTreeMap<String, String> = proto
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect();
+        let parsed = onnx
+            .model_for_proto_model(&proto)
+            .map_err(|e| parse_err(chain(&e)))?;
+        let inputs = parsed.input_outlets().map_err(|e| parse_err(chain(&e)))?;
+        if inputs.len() != 1 {
+            return Err(parse_err(format!(
+                "it has {} inputs; noduled models take exactly one",
+                inputs.len()
+            )));
+        }
+        let input_name = parsed.node(inputs[0].node).name.clone();
+        let fact = parsed.input_fact(0).map_err(|e| parse_err(chain(&e)))?;
+        if let Some(dt) = fact.datum_type.concretize() {
+            if dt != DatumType::F32 {
+                return Err(parse_err(format!(
+                    "its input {input_name} is {dt:?}; noduled feeds float32"
+                )));
+            }
+        }
+        let input_shape: Vec<Dim> = fact
+            .shape
+            .dims()
+            .map(|d| match d.concretize() {
+                Some(dim) => match dim.as_i64() {
+                    Some(n) if n >= 0 => Dim::Fixed(n as usize),
+                    _ => Dim::Free(dim.to_string()),
+                },
+                None => Dim::Free("?".to_string()),
+            })
+            .collect();
+        let output_names = parsed
+            .output_outlets()
+            .map_err(|e| parse_err(chain(&e)))?
+            .iter()
+            .map(|o| {
+                parsed
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| parsed.node(o.node).name.clone())
+            })
+            .collect();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Ok(TractModel {
+            info: ModelInfo {
+                path: path.to_path_buf(),
+                name,
+                sha256,
+                metadata,
+                input_name,
+                input_shape,
+                output_names,
+            },
+            parsed,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn check_shape(&self, shape: &[usize]) -> Result<(), EngineError> {
+        let declared = &self.info.input_shape;
+        let fits = shape.len() == declared.len()
+            && shape.iter().zip(declared).all(|(n, d)| match d {
+                Dim::Fixed(f) => f == n,
+                Dim::Free(_) => true,
+            });
+        if fits && shape.iter().all(|&n| n > 0) {
+            Ok(())
+        } else {
+            Err(EngineError::InputShape {
+                name: self.info.name.clone(),
+                got: shape.to_vec(),
+                declared: super::format_shape(declared),
+            })
+        }
+    }
+
+    /// The optimised plan for `shape`, built on first use. The lock is held while building, so
+    /// threads asking for the same new shape wait for one optimisation instead of repeating it.
+    fn plan(&self, shape: &[usize]) -> Result<Plan, EngineError> {
+        self.check_shape(shape)?;
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(plan) = plans.get(shape) {
+            return Ok(plan.clone());
+        }
+        let run_err = |e: TractError| EngineError::Run {
+            name: self.info.name.clone(),
+            message: chain(&e),
+        };
+        let started = std::time::Instant::now();
+        let plan = self
+            .parsed
+            .clone()
+            .with_input_fact(0, f32::fact(shape).into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(run_err)?;
+        tracing::debug!(
+            model = %self.info.name,
+            ?shape,
+            seconds = started.elapsed().as_secs_f64(),
+            "optimised plan"
+        );
+        plans.insert(shape.to_vec(), plan.clone());
+        Ok(plan)
+    }
+}
+
+impl Model for TractModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn prepare(&self, shape: &[usize]) -> Result<(), EngineError> {
+        self.plan(shape).map(|_| ())
+    }
+
+    fn run(&self, input: ArrayViewD<'_, f32>) -> Result<Outputs, EngineError> {
+        let plan = self.plan(input.shape())?;
+        let run_err = |e: TractError| EngineError::Run {
+            name: self.info.name.clone(),
+            message: chain(&e),
+        };
+        let contiguous = input.as_standard_layout();
+        let data = contiguous.as_slice().ok_or_else(|| EngineError::Run {
+            name: self.info.name.clone(),
+            message: "input is not contiguous".to_string(),
+        })?;
+        let tensor = Tensor::from_shape(input.shape(), data).map_err(run_err)?;
+        let results = plan.run(tvec!(tensor.into_tvalue())).map_err(run_err)?;
+        let mut outputs = Vec::with_capacity(results.len());
+        for (ix, value) in results.into_iter().enumerate() {
+            let name = self
+                .info
+                .output_names
+                .get(ix)
+                .cloned()
+                .unwrap_or_else(|| format!("output{ix}"));
+            let cast = value.cast_to::<f32>().map_err(run_err)?;
+            let view = cast.try_as_plain_ram().map_err(run_err)?;
+            let values = view.as_slice::<f32>().map_err(run_err)?.to_vec();
+            let array = ArrayD::from_shape_vec(IxDyn(cast.shape()), values).map_err(|e| {
+                EngineError::Run {
+                    name: self.info.name.clone(),
+                    message: format!("output {name}: {e}"),
+                }
+            })?;
+            outputs.push((name, array));
+        }
+        Ok(Outputs(outputs))
+    }
+}
