@@ -392,8 +392,7 @@ mod tests {
         for axis in 0..3 {
             assert!((g.center_irc[axis] - expect).abs() < 1e-12, "{g:?}");
         }
-        // The whole 5×5×5 cube except its 8 corners and 12·... : the eroded core dilated by the
-        // cross, within the mask: 27 + 6 faces × 9 = 81 voxels.
+        // The eroded core dilated by the cross, within the mask: 27 + 6 faces × 9 = 81 voxels.
         assert_eq!(g.segmented_voxels, 27 + 6 * 9);
     }
 
@@ -410,8 +409,6 @@ mod tests {
 
     #[test]
     fn segmented_voxels_count_shared_rim_for_both() {
-        // Two 3×3×3 blocks whose eroded centres (single voxels) are 2 apart: the voxel between them
-        // touches both.
         let mut mask = Array3::from_elem((5, 5, 7), false);
         cube(&mut mask, [1, 1, 1], [4, 4, 6]);
         let hu = Array3::from_elem((5, 5, 7), 0.0f32);
@@ -425,13 +422,16 @@ mod tests {
         let mut two = Array3::from_elem((5, 5, 9), false);
         cube(&mut two, [1, 1, 1], [4, 4, 4]);
         cube(&mut two, [1, 1, 5], [4, 4, 8]);
-        two[[2, 2, 4]] = true; // a bridge voxel that erodes away, adjacent to... neither core
+        // A bridge voxel: it erodes away itself but lets (2,2,3) and (2,2,5) survive, so it touches
+        // both cores {(2,2,2),(2,2,3)} and {(2,2,5),(2,2,6)} and counts for both.
+        two[[2, 2, 4]] = true;
         let groups = group_mask(Array3::from_elem((5, 5, 9), 0.0f32).view(), two.view());
         assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].segmented_voxels, 7);
-        assert_eq!(groups[1].segmented_voxels, 7);
-        assert_eq!(groups[0].center_irc, [2.0, 2.0, 2.0]);
-        assert_eq!(groups[1].center_irc, [2.0, 2.0, 6.0]);
+        assert_eq!(groups[0].center_irc, [2.0, 2.0, 2.5]);
+        assert_eq!(groups[1].center_irc, [2.0, 2.0, 5.5]);
+        assert_eq!((groups[0].voxels, groups[1].voxels), (2, 2));
+        assert_eq!(groups[0].segmented_voxels, 2 + 10);
+        assert_eq!(groups[1].segmented_voxels, 2 + 10);
     }
 
     #[test]
