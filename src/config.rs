@@ -113,16 +113,16 @@ impl Config {
         if s.max_slices < s.min_slices {
             problems.push("series.max_slices must not be below series.min_slices".into());
         }
-        if !(s.max_gap_factor > 1.0) {
+        if s.max_gap_factor.is_nan() || s.max_gap_factor <= 1.0 {
             problems.push(format!("series.max_gap_factor must be above 1, not {}", s.max_gap_factor));
         }
-        if !(s.warn_thickness_mm > 0.0) {
+        if s.warn_thickness_mm.is_nan() || s.warn_thickness_mm <= 0.0 {
             problems.push("series.warn_thickness_mm must be positive".into());
         }
         if !(0.0..=90.0).contains(&s.max_axial_angle_deg) {
             problems.push("series.max_axial_angle_deg must be between 0 and 90".into());
         }
-        if !(s.uneven_step_fraction >= 0.0) {
+        if s.uneven_step_fraction.is_nan() || s.uneven_step_fraction < 0.0 {
             problems.push("series.uneven_step_fraction must not be negative".into());
         }
         if self.pipeline.malignancy_model.trim().is_empty() {

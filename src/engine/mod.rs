@@ -113,7 +113,12 @@ impl Outputs {
         self.get(name).ok_or_else(|| EngineError::MissingOutput {
             name: model.to_string(),
             output: name.to_string(),
-            available: self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+            available: self
+                .0
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 
@@ -254,7 +259,12 @@ mod tests {
     fn segmentation_role_needs_seven_channels() {
         let ok = [free("batch"), Dim::Fixed(7), free("h"), free("w")];
         assert!(ModelRole::Segmentation.accepts(&ok));
-        let fixed = [Dim::Fixed(1), Dim::Fixed(7), Dim::Fixed(512), Dim::Fixed(512)];
+        let fixed = [
+            Dim::Fixed(1),
+            Dim::Fixed(7),
+            Dim::Fixed(512),
+            Dim::Fixed(512),
+        ];
         assert!(ModelRole::Segmentation.accepts(&fixed));
         let wrong = [free("batch"), Dim::Fixed(1), free("h"), free("w")];
         assert!(!ModelRole::Segmentation.accepts(&wrong));
@@ -289,8 +299,7 @@ mod tests {
             output_names: vec![],
         };
         assert!(check_role(&info, ModelRole::Nodule).is_ok());
-        info.metadata
-            .insert("noduled.role".into(), "nodule".into());
+        info.metadata.insert("noduled.role".into(), "nodule".into());
         assert!(check_role(&info, ModelRole::Nodule).is_ok());
         let err = check_role(&info, ModelRole::Malignancy).unwrap_err();
         assert!(err.to_string().contains("noduled.role"), "{err}");

@@ -103,7 +103,9 @@ pub fn classify_one(
     hu: ArrayView3<'_, f32>,
     center_irc: [f64; 3],
 ) -> Result<f64, PipelineError> {
-    let input = crop(hu, center_irc).insert_axis(Axis(0)).insert_axis(Axis(0));
+    let input = crop(hu, center_irc)
+        .insert_axis(Axis(0))
+        .insert_axis(Axis(0));
     let outputs = model.run(input.view().into_dyn())?;
     positive_probability(&outputs, &model.info().name)
 }

@@ -387,8 +387,8 @@ mod tests {
         assert_eq!(groups.len(), 1);
         let g = &groups[0];
         assert_eq!(g.voxels, 27);
-        // Σw = 26 + 2001; Σw·i = 26·3 + 2001·4 (the 26 light voxels are centred on 3).
-        let expect = (26.0 * 3.0 + 2001.0 * 4.0) / (26.0 + 2001.0);
+        // Σw = 26 + 2001; Σw·i = (27·3 − 4) + 2001·4 (the light voxels are the core minus the corner).
+        let expect = (27.0 * 3.0 - 4.0 + 2001.0 * 4.0) / (26.0 + 2001.0);
         for axis in 0..3 {
             assert!((g.center_irc[axis] - expect).abs() < 1e-12, "{g:?}");
         }

@@ -125,11 +125,9 @@ impl Models {
         let segmentation = engine::load_for_role(engine, segmentation, ModelRole::Segmentation)?;
         let nodule = engine::load_for_role(engine, nodule, ModelRole::Nodule)?;
         let malignancy = match malignancy {
-            Some(path) => Malignancy::Model(engine::load_for_role(
-                engine,
-                path,
-                ModelRole::Malignancy,
-            )?),
+            Some(path) => {
+                Malignancy::Model(engine::load_for_role(engine, path, ModelRole::Malignancy)?)
+            }
             None => Malignancy::Diameter,
         };
         Ok(Models {
