@@ -6,11 +6,15 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use noduled::dicom::{load_series, Refusal, SeriesError};
-use noduled::phantom::{generate, slice_object, Phantom, PhantomSpec};
+use noduled::phantom::{generate, Phantom, PhantomSpec};
 use std::path::Path;
 use std::process::Command;
 
 type Object = FileDicomObject<InMemDicomObject>;
+
+fn slice(phantom: &Phantom, index: usize) -> Object {
+    noduled::phantom::slice_object(phantom, index).expect("slice object")
+}
 
 fn small_phantom(slices: usize) -> Phantom {
     generate(&PhantomSpec { seed: 11, slices, rows: 64, columns: 64, nodules: 1, ..PhantomSpec::default() })
@@ -19,7 +23,7 @@ fn small_phantom(slices: usize) -> Phantom {
 /// Writes the phantom's slices, letting `edit` change each (return false to leave a slice out).
 fn write_edited(phantom: &Phantom, dir: &Path, mut edit: impl FnMut(usize, &mut Object) -> bool) {
     for index in 0..phantom.volume.shape()[0] {
-        let mut object = slice_object(phantom, index);
+        let mut object = slice(phantom, index);
         if edit(index, &mut object) {
             object.write_to_file(dir.join(format!("slice{index:04}.dcm"))).expect("slice written");
         }
@@ -56,7 +60,7 @@ fn well_formed_series_loads_back_exactly_whatever_the_file_order() {
     for index in 0..n {
         // Names in an order unrelated to position.
         let name = format!("x{:03}.dcm", (index * 7 + 3) % n);
-        slice_object(&phantom, index).write_to_file(dir.path().join(name)).unwrap();
+        slice(&phantom, index).write_to_file(dir.path().join(name)).unwrap();
     }
     let volume = load_series(dir.path(), None).expect("loads");
     assert_eq!(volume.shape(), phantom.volume.shape());
@@ -81,8 +85,8 @@ fn rescale_intercept_and_slope_are_applied() {
     });
     let a = load_series(plain.path(), None).unwrap();
     let b = load_series(shifted.path(), None).unwrap();
-    let intercept = slice_object(&phantom, 0).element(tags::RESCALE_INTERCEPT).unwrap().to_float64().unwrap() as f32;
-    let slope = slice_object(&phantom, 0).element(tags::RESCALE_SLOPE).unwrap().to_float64().unwrap() as f32;
+    let intercept = slice(&phantom, 0).element(tags::RESCALE_INTERCEPT).unwrap().to_float64().unwrap() as f32;
+    let slope = slice(&phantom, 0).element(tags::RESCALE_SLOPE).unwrap().to_float64().unwrap() as f32;
     for (hu, hu2) in a.hu.iter().zip(b.hu.iter()).step_by(101) {
         let stored = (hu - intercept) / slope;
         assert!((hu2 - (2.0 * stored + intercept - 500.0)).abs() < 1e-3, "{hu} → {hu2}");
@@ -147,11 +151,7 @@ fn localizer_is_refused() {
     let phantom = small_phantom(8);
     let dir = tempfile::tempdir().unwrap();
     write_edited(&phantom, dir.path(), |_, object| {
-        object.put(DataElement::new(
-            tags::IMAGE_TYPE,
-            VR::CS,
-            PrimitiveValue::Strs(["ORIGINAL", "PRIMARY", "LOCALIZER"].map(String::from).into()),
-        ));
+        put_str(object, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\LOCALIZER");
         true
     });
     assert_eq!(refusal_of(dir.path()), Refusal::Localizer);
@@ -208,7 +208,7 @@ fn mixed_matrix_sizes_are_refused() {
 fn duplicate_positions_are_refused() {
     let phantom = small_phantom(10);
     let dir = tempfile::tempdir().unwrap();
-    let position = slice_object(&phantom, 4).element(tags::IMAGE_POSITION_PATIENT).unwrap().to_str().unwrap().to_string();
+    let position = slice(&phantom, 4).element(tags::IMAGE_POSITION_PATIENT).unwrap().to_str().unwrap().to_string();
     write_edited(&phantom, dir.path(), |index, object| {
         if index == 5 {
             put_str(object, tags::IMAGE_POSITION_PATIENT, VR::DS, &position);

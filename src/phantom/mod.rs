@@ -32,6 +32,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// SOP Class UID of CT Image Storage.
 pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
@@ -193,6 +194,43 @@ pub struct Phantom {
     pub spec: PhantomSpec,
     /// Scanner noise actually added (HU, standard deviation).
     pub noise_sd_hu: f64,
+    /// The analytic model behind the voxels, for ground-truth queries.
+    model: Arc<Model>,
+}
+
+/// The closed-form scene a phantom was rendered from.
+struct Model {
+    anatomy: anatomy::Anatomy,
+    vessels: Vec<trees::Segment>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("vessels", &self.vessels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Phantom {
+    /// Whether the patient point `xyz` (mm) is lung parenchyma in the analytic model (vessels,
+    /// airways and nodules inside the lung count as lung).
+    pub fn in_lung(&self, xyz: [f64; 3]) -> bool {
+        self.model.anatomy.in_lung(xyz[0], xyz[1], xyz[2])
+    }
+
+    /// Distance (mm) from `xyz` to the surface of the nearest pulmonary vessel; negative inside
+    /// one. Infinite when the phantom has no vessels.
+    pub fn vessel_distance_mm(&self, xyz: [f64; 3]) -> f64 {
+        self.model
+            .vessels
+            .iter()
+            .map(|seg| {
+                let (d, r) = seg.distance(xyz);
+                d - r
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
 }
 
 /// Everything that can go wrong writing phantoms.
@@ -315,7 +353,6 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
     let vessels = trees::vessels(&anatomy, frame.spacing, &mut stream(seed, "vessels"));
     let top = frame.z(frame.slices - 1);
     let airways = trees::airways(&anatomy, top, frame.spacing, &mut stream(seed, "airways"));
-    eprintln!("DEBUG vessels {} airways {}", vessels.len(), airways.len());
     let placed = nodules::place(&anatomy, &frame, &vessels, spec.nodules, &mut stream(seed, "nodules"));
     let mut noise_rng = stream(seed, "noise");
     let noise_drawn = noise_rng.random_range(10.0..20.0);
@@ -378,5 +415,6 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         identity,
         spec,
         noise_sd_hu,
+        model: Arc::new(Model { anatomy, vessels }),
     }
 }
