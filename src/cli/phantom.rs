@@ -1,7 +1,6 @@
 //! `noduled phantom`: writes deterministic synthetic chest CTs (DICOM series with known nodules and
 //! a LUNA16-style `annotations.csv`) for tests, benchmarks and demos.
 
-use anyhow::Context;
 use noduled::phantom::{write_dataset, PhantomSpec};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +35,10 @@ const MAX_COUNT: usize = 10_000;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !(1..=MAX_COUNT).contains(&args.count) {
-        anyhow::bail!("--count must be between 1 and {MAX_COUNT}, got {}", args.count);
+        anyhow::bail!(
+            "--count must be between 1 and {MAX_COUNT}, got {}",
+            args.count
+        );
     }
     let spec = PhantomSpec {
         seed: args.seed,
@@ -47,8 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..PhantomSpec::default()
     };
     spec.validate()?;
-    let summary = write_dataset(&args.out, args.seed, args.count, &spec)
-        .with_context(|| format!("cannot write phantoms to {}", args.out.display()))?;
+    // The error names the path that failed and, through its source, why.
+    let summary = write_dataset(&args.out, args.seed, args.count, &spec)?;
     for series in &summary.series {
         println!(
             "{}  {} slices  {} nodules  {}",

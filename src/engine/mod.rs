@@ -19,11 +19,11 @@ use std::sync::Arc;
 /// Everything that can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot read model file {path}: {source}")]
+    /// (The I/O error is in the message, not chained as a source, so it is printed once.)
+    #[error("cannot read model file {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("model file {path} is not a usable ONNX model: {message}")]
     Parse { path: PathBuf, message: String },

@@ -60,9 +60,9 @@ fn chain(err: &tract_onnx::prelude::TractError) -> String {
 impl TractModel {
     /// Reads, hashes and parses an ONNX file; fails on anything but one float32 input.
     pub fn load(path: &Path) -> Result<TractModel, EngineError> {
-        let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+        let bytes = std::fs::read(path).map_err(|error| EngineError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let parse_err = |message: String| EngineError::Parse {
             path: path.to_path_buf(),

@@ -207,7 +207,8 @@ impl Anatomy {
         };
         let z_arch = self.z_ref + 32.0 * s;
         let arch_r = 13.0 * s;
-        let arch_half = ((z - z_arch).abs() < arch_r).then(|| (arch_r * arch_r - (z - z_arch).powi(2)).sqrt());
+        let arch_half =
+            ((z - z_arch).abs() < arch_r).then(|| (arch_r * arch_r - (z - z_arch).powi(2)).sqrt());
         let level = (z - self.z_ref - self.vert_phase).rem_euclid(25.0 * s);
         // Gastric air bubble under the left dome.
         let (bz, bc) = (self.z_ref - 162.0 * s, 14.0 * s);
@@ -310,7 +311,11 @@ impl Anatomy {
             let edge = (14.0 * s - dx.abs())
                 .min(depth - (self.d_rib - 3.0 * s))
                 .min(self.d_rib + self.rib_t + 2.0 * s - depth);
-            let hu = if edge < self.cortex { HU_CORTEX } else { HU_MARROW };
+            let hu = if edge < self.cortex {
+                HU_CORTEX
+            } else {
+                HU_MARROW
+            };
             return (hu, LABEL_BONE);
         }
         if depth < self.d_rib + self.rib_t {
@@ -326,7 +331,11 @@ impl Anatomy {
                         .min(self.d_rib + self.rib_t - depth)
                         .min((tau - lo) * r)
                         .min((hi - tau) * r);
-                    let hu = if edge < self.cortex { HU_CORTEX } else { HU_MARROW };
+                    let hu = if edge < self.cortex {
+                        HU_CORTEX
+                    } else {
+                        HU_MARROW
+                    };
                     return (hu, LABEL_BONE);
                 }
             }
@@ -349,7 +358,11 @@ impl Anatomy {
         let s = self.s;
         let t = y - self.table_top;
         if dx.abs() < 0.8 * self.a && (0.0..10.0 * s).contains(&t) {
-            let hu = if t < 1.5 * s || t > 8.5 * s { 150.0 } else { -550.0 };
+            let hu = if t < 1.5 * s || t > 8.5 * s {
+                150.0
+            } else {
+                -550.0
+            };
             return (hu, LABEL_AIR);
         }
         (HU_AIR, LABEL_AIR)
@@ -358,7 +371,8 @@ impl Anatomy {
     /// The spine and the paraspinal muscles: the region lungs never enter.
     fn paraspinal(&self, dx: f64, dy: f64) -> bool {
         let s = self.s;
-        (dx.abs() < 42.0 * s && dy > self.yv + 22.0 * s) || (dx.abs() < 26.0 * s && dy > self.yv - 20.0 * s)
+        (dx.abs() < 42.0 * s && dy > self.yv + 22.0 * s)
+            || (dx.abs() < 26.0 * s && dy > self.yv - 20.0 * s)
     }
 
     fn spine(&self, zc: &ZCtx, dx: f64, dy: f64) -> (f32, u8) {
@@ -432,7 +446,11 @@ impl Anatomy {
             return Interior::Soft(HU_SPLEEN);
         }
         if z > self.apex(dx, dy) {
-            return Interior::Soft(if dx.abs() < 30.0 * s { HU_SOFT } else { self.fat_hu });
+            return Interior::Soft(if dx.abs() < 30.0 * s {
+                HU_SOFT
+            } else {
+                self.fat_hu
+            });
         }
         // Mediastinal fat between the lungs: narrow behind the sternum, wide around the trachea,
         // with a smooth transition.
@@ -477,14 +495,16 @@ impl Anatomy {
         } else {
             (1.0, self.z_ref - 186.0 * s, 46.0 * s)
         };
-        let q = ((dx - sign * 0.42 * self.a) / (0.5 * self.a)).powi(2) + ((dy + 0.05 * self.b) / (0.75 * self.b)).powi(2);
+        let q = ((dx - sign * 0.42 * self.a) / (0.5 * self.a)).powi(2)
+            + ((dy + 0.05 * self.b) / (0.75 * self.b)).powi(2);
         base + height * (1.0 - q).max(0.0)
     }
 
     /// Height of the lung apex over the point: a dome, highest posteriorly.
     fn apex(&self, dx: f64, dy: f64) -> f64 {
         let s = self.s;
-        let q = ((dx.abs() - 0.38 * self.a) / (0.5 * self.a)).powi(2) + ((dy - 0.1 * self.b) / (0.7 * self.b)).powi(2);
+        let q = ((dx.abs() - 0.38 * self.a) / (0.5 * self.a)).powi(2)
+            + ((dy - 0.1 * self.b) / (0.7 * self.b)).powi(2);
         self.z_ref + 92.0 * s - 70.0 * s * q
     }
 }

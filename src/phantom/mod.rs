@@ -2,9 +2,9 @@
 //! demos where real scans cannot be shipped: `noduled phantom` writes them as DICOM series plus a
 //! LUNA16-style `annotations.csv`.
 //!
-//! A phantom is built from closed-form anatomy ([`anatomy`](self) module: body wall, ribs, spine,
-//! mediastinum, lungs, diaphragm), grown vessel and airway trees (the realistic false positives),
-//! and nodules whose sizes and malignancy follow LUNA16 statistics. Rendering blurs and adds
+//! A phantom is built from closed-form anatomy (body wall, ribs, spine, mediastinum, lungs,
+//! diaphragm), grown vessel and airway trees (the realistic false positives), and nodules whose
+//! sizes and malignancy follow LUNA16 statistics. Rendering blurs and adds
 //! scanner noise. Everything — geometry, anatomy, nodules, noise, UIDs, names and dates — derives
 //! from [`PhantomSpec::seed`], so the same spec always gives the same bytes.
 //!
@@ -21,8 +21,8 @@ mod writer;
 
 pub use identity::PhantomIdentity;
 pub use writer::{
-    annotation_rows, instance_number, slice_file_name, slice_object, write_dataset, write_series, DatasetSummary,
-    SeriesSummary, ANNOTATIONS_HEADER, RESCALE_INTERCEPT, TRANSFER_SYNTAX,
+    annotation_rows, instance_number, slice_file_name, slice_object, write_dataset, write_series,
+    DatasetSummary, SeriesSummary, ANNOTATIONS_HEADER, RESCALE_INTERCEPT, TRANSFER_SYNTAX,
 };
 
 use crate::uid;
@@ -113,9 +113,21 @@ impl PhantomSpec {
             ));
         }
         let ranges = [
-            ("pixel spacing (mm)", self.pixel_spacing_mm, Self::PIXEL_SPACING_RANGE_MM),
-            ("slice step (mm)", self.slice_step_mm, Self::SLICE_STEP_RANGE_MM),
-            ("noise sd (HU)", self.noise_sd_hu, (0.0, Self::MAX_NOISE_SD_HU)),
+            (
+                "pixel spacing (mm)",
+                self.pixel_spacing_mm,
+                Self::PIXEL_SPACING_RANGE_MM,
+            ),
+            (
+                "slice step (mm)",
+                self.slice_step_mm,
+                Self::SLICE_STEP_RANGE_MM,
+            ),
+            (
+                "noise sd (HU)",
+                self.noise_sd_hu,
+                (0.0, Self::MAX_NOISE_SD_HU),
+            ),
         ];
         for (name, value, (lo, hi)) in ranges {
             if let Some(v) = value {
@@ -129,7 +141,9 @@ impl PhantomSpec {
 
     /// The nearest spec that [`PhantomSpec::validate`] accepts (NaN becomes "draw from seed").
     pub fn clamped(&self) -> PhantomSpec {
-        let clamp_opt = |v: Option<f64>, (lo, hi): (f64, f64)| v.filter(|v| !v.is_nan()).map(|v| v.clamp(lo, hi));
+        let clamp_opt = |v: Option<f64>, (lo, hi): (f64, f64)| {
+            v.filter(|v| !v.is_nan()).map(|v| v.clamp(lo, hi))
+        };
         PhantomSpec {
             seed: self.seed,
             slices: self.slices.clamp(1, Self::MAX_SLICES),
@@ -238,7 +252,8 @@ impl Phantom {
 pub enum PhantomError {
     #[error("invalid phantom spec: {0}")]
     InvalidSpec(String),
-    #[error("cannot write {path}: {source}")]
+    /// The I/O error is the `source()`, so a cause chain (`{:#}`) names it once.
+    #[error("cannot write {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -317,7 +332,10 @@ impl Frame {
     pub(crate) fn contains_xy(&self, p: [f64; 3], margin: f64) -> bool {
         let x_hi = self.x(self.columns - 1);
         let y_hi = self.y(self.rows - 1);
-        p[0] - margin >= self.origin[0] && p[0] + margin <= x_hi && p[1] - margin >= self.origin[1] && p[1] + margin <= y_hi
+        p[0] - margin >= self.origin[0]
+            && p[0] + margin <= x_hi
+            && p[1] - margin >= self.origin[1]
+            && p[1] + margin <= y_hi
     }
 }
 
@@ -353,7 +371,13 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
     let vessels = trees::vessels(&anatomy, frame.spacing, &mut stream(seed, "vessels"));
     let top = frame.z(frame.slices - 1);
     let airways = trees::airways(&anatomy, top, frame.spacing, &mut stream(seed, "airways"));
-    let placed = nodules::place(&anatomy, &frame, &vessels, spec.nodules, &mut stream(seed, "nodules"));
+    let placed = nodules::place(
+        &anatomy,
+        &frame,
+        &vessels,
+        spec.nodules,
+        &mut stream(seed, "nodules"),
+    );
     let mut noise_rng = stream(seed, "noise");
     let noise_drawn = noise_rng.random_range(10.0..20.0);
     let noise_sd_hu = spec.noise_sd_hu.unwrap_or(noise_drawn);
@@ -410,7 +434,11 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         warnings: Vec::new(),
     };
     Phantom {
-        volume: Volume { hu, geometry, series },
+        volume: Volume {
+            hu,
+            geometry,
+            series,
+        },
         nodules,
         identity,
         spec,

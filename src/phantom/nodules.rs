@@ -85,11 +85,19 @@ pub(crate) fn place(
     rng: &mut ChaCha8Rng,
 ) -> Vec<PlacedNodule> {
     let mut placed: Vec<PlacedNodule> = Vec::new();
-    let attachable: Vec<&Segment> = vessels.iter().filter(|s| s.ra.min(s.rb) >= 0.7 * anatomy.s.min(1.0)).collect();
+    let attachable: Vec<&Segment> = vessels
+        .iter()
+        .filter(|s| s.ra.min(s.rb) >= 0.7 * anatomy.s.min(1.0))
+        .collect();
     for _ in 0..count {
         let malignant = rng.random_bool(MALIGNANT_FRACTION);
         let mut diameter = if malignant {
-            log_normal(rng, MALIGNANT_LOG_MEDIAN_MM, MALIGNANT_LOG_SD, MALIGNANT_RANGE_MM)
+            log_normal(
+                rng,
+                MALIGNANT_LOG_MEDIAN_MM,
+                MALIGNANT_LOG_SD,
+                MALIGNANT_RANGE_MM,
+            )
         } else {
             log_normal(rng, BENIGN_LOG_MEDIAN_MM, BENIGN_LOG_SD, BENIGN_RANGE_MM)
         };
@@ -114,7 +122,10 @@ pub(crate) fn place(
                     NoduleAttachment::Vascular => vascular_candidate(frame, r, &attachable, rng),
                 };
                 let Some(c) = candidate else { continue };
-                if acceptable(anatomy, frame, c, r, attachment, &placed) {
+                if acceptable(anatomy, frame, c, r, attachment, &placed)
+                    && (attachment != NoduleAttachment::Free
+                        || clear_of_vessels(vessels, c, r + 1.0))
+                {
                     centre = Some(c);
                     break;
                 }
@@ -167,29 +178,38 @@ fn draw_kind(malignant: bool, diameter: f64, rng: &mut ChaCha8Rng) -> NoduleKind
     }
 }
 
+/// Slices a nodule of radius `r` may be centred on (within ±0.3 steps) and still lie wholly
+/// inside the scanned range.
+fn centre_slices(frame: &Frame, r: f64) -> Option<(usize, usize)> {
+    let margin = ((r + 0.3 * frame.step) / frame.step).ceil() as usize;
+    let last = frame.slices.checked_sub(1 + margin)?;
+    (margin <= last).then_some((margin, last))
+}
+
 /// A centre height close to a slice plane, with room for the whole nodule inside the scan.
 fn centre_z(frame: &Frame, r: f64, rng: &mut ChaCha8Rng) -> Option<f64> {
-    let margin = r + 0.5 * frame.step;
-    let first = ((margin / frame.step).ceil() as usize).min(frame.slices);
-    let last = frame.slices.checked_sub(1 + (margin / frame.step).ceil() as usize)?;
-    if first > last {
-        return None;
-    }
+    let (first, last) = centre_slices(frame, r)?;
     let index = rng.random_range(first..=last);
     Some(frame.z(index) + rng.random_range(-0.3..0.3) * frame.step)
 }
 
+/// Moves `z` to within ±0.3 steps of its nearest slice plane, if the nodule then fits the scan.
 fn snap_z(frame: &Frame, z: f64, r: f64, rng: &mut ChaCha8Rng) -> Option<f64> {
+    let (first, last) = centre_slices(frame, r)?;
     let index = ((z - frame.origin[2]) / frame.step).round();
-    let margin = ((r + 0.5 * frame.step) / frame.step).ceil();
-    if index < margin || index > frame.slices as f64 - 1.0 - margin {
+    if index < first as f64 || index > last as f64 {
         return None;
     }
     Some(frame.z(index as usize) + rng.random_range(-0.3..0.3) * frame.step)
 }
 
-fn free_candidate(anatomy: &Anatomy, frame: &Frame, _r: f64, rng: &mut ChaCha8Rng) -> Option<[f64; 3]> {
-    let z = centre_z(frame, _r, rng)?;
+fn free_candidate(
+    anatomy: &Anatomy,
+    frame: &Frame,
+    r: f64,
+    rng: &mut ChaCha8Rng,
+) -> Option<[f64; 3]> {
+    let z = centre_z(frame, r, rng)?;
     Some([
         anatomy.cx + rng.random_range(-1.0..1.0) * anatomy.a,
         anatomy.cy + rng.random_range(-1.0..1.0) * anatomy.b,
@@ -199,7 +219,12 @@ fn free_candidate(anatomy: &Anatomy, frame: &Frame, _r: f64, rng: &mut ChaCha8Rn
 
 /// Walks from a random lung point to the pleura and backs off by 0.8 r: the nodule bulges a
 /// little into the chest wall or mediastinum, as juxtapleural nodules do.
-fn pleural_candidate(anatomy: &Anatomy, frame: &Frame, r: f64, rng: &mut ChaCha8Rng) -> Option<[f64; 3]> {
+fn pleural_candidate(
+    anatomy: &Anatomy,
+    frame: &Frame,
+    r: f64,
+    rng: &mut ChaCha8Rng,
+) -> Option<[f64; 3]> {
     let start = free_candidate(anatomy, frame, r, rng)?;
     if !anatomy.in_lung(start[0], start[1], start[2]) {
         return None;
@@ -219,23 +244,41 @@ fn pleural_candidate(anatomy: &Anatomy, frame: &Frame, r: f64, rng: &mut ChaCha8
 }
 
 /// Puts the nodule against the side of a vessel of at least ~0.7 mm radius.
-fn vascular_candidate(frame: &Frame, r: f64, vessels: &[&Segment], rng: &mut ChaCha8Rng) -> Option<[f64; 3]> {
+fn vascular_candidate(
+    frame: &Frame,
+    r: f64,
+    vessels: &[&Segment],
+    rng: &mut ChaCha8Rng,
+) -> Option<[f64; 3]> {
     let seg = vessels[rng.random_range(0..vessels.len())];
     let t = rng.random_range(0.2..0.8);
     let axis = sub(seg.b, seg.a);
     let point = add(seg.a, scale(axis, t));
     let radius = seg.ra + t * (seg.rb - seg.ra);
     let random = random_unit(rng);
-    let dir = normalise(sub(random, scale(normalise(axis), dot(random, normalise(axis)))));
+    let dir = normalise(sub(
+        random,
+        scale(normalise(axis), dot(random, normalise(axis))),
+    ));
     let c = add(point, scale(dir, r + 0.6 * radius));
     let z = snap_z(frame, c[2], r, rng)?;
     Some([c[0], c[1], z])
 }
 
+/// Whether no vessel comes within `reach` mm of `c` (free nodules are surrounded by lung).
+fn clear_of_vessels(vessels: &[Segment], c: [f64; 3], reach: f64) -> bool {
+    vessels.iter().all(|seg| {
+        let (d, r) = seg.distance(c);
+        d - r > reach
+    })
+}
+
 /// The 26 directions to the faces, edges and corners of a cube.
 fn directions() -> impl Iterator<Item = [f64; 3]> {
     (-1i32..=1)
-        .flat_map(|i| (-1i32..=1).flat_map(move |j| (-1i32..=1).map(move |k| [i as f64, j as f64, k as f64])))
+        .flat_map(|i| {
+            (-1i32..=1).flat_map(move |j| (-1i32..=1).map(move |k| [i as f64, j as f64, k as f64]))
+        })
         .filter(|d| d != &[0.0, 0.0, 0.0])
         .map(normalise)
 }
@@ -260,21 +303,27 @@ fn acceptable(
     }
     match attachment {
         NoduleAttachment::Pleural => {
-            // Centre well inside, some of the rim outside the lung.
+            // Centre well inside, some of the rim outside the lung, but lung on the far side:
+            // against a wall, not wedged into a lung tip smaller than the nodule.
+            let around = |reach: f64| {
+                directions()
+                    .filter(|&d| inside(add(c, scale(d, reach))))
+                    .count()
+            };
             directions().all(|d| inside(add(c, scale(d, 0.5 * r))))
-                && directions().any(|d| !inside(add(c, scale(d, r + 1.0))))
+                && (11..26).contains(&around(r + 1.0))
+                && around(r + 3.0) >= 10
         }
-        NoduleAttachment::Free | NoduleAttachment::Vascular => {
-            let outer = r + 1.0 + anatomy.s.min(1.0);
-            directions().all(|d| inside(add(c, scale(d, outer))))
-        }
+        NoduleAttachment::Free | NoduleAttachment::Vascular => [r + 1.0, r + 3.0]
+            .iter()
+            .all(|&reach| directions().all(|d| inside(add(c, scale(d, reach))))),
     }
 }
 
 /// The primitives of one nodule of radius `r` centred at `c`.
 fn shape(kind: NoduleKind, c: [f64; 3], r: f64, s: f64, rng: &mut ChaCha8Rng) -> Vec<Primitive> {
     let solid_hu = rng.random_range(15.0..55.0);
-    let core = if r < 3.0 { r } else { 0.8 * r };
+    let core = if r < 3.0 { r } else { 0.72 * r };
     let mut prims = Vec::new();
     match kind {
         NoduleKind::Solid => prims.push(Primitive::Sphere { c, r, hu: solid_hu }),
@@ -289,14 +338,18 @@ fn shape(kind: NoduleKind, c: [f64; 3], r: f64, s: f64, rng: &mut ChaCha8Rng) ->
             });
         }
         NoduleKind::Lobulated | NoduleKind::Spiculated => {
-            prims.push(Primitive::Sphere { c, r: core, hu: solid_hu });
+            prims.push(Primitive::Sphere {
+                c,
+                r: core,
+                hu: solid_hu,
+            });
             let lobes = if kind == NoduleKind::Lobulated {
-                rng.random_range(3..6)
+                rng.random_range(4..8)
             } else {
-                rng.random_range(1..3)
+                rng.random_range(2..4)
             };
             for _ in 0..lobes {
-                let lr = r * rng.random_range(0.35..0.55);
+                let lr = r * rng.random_range(0.3..0.5);
                 prims.push(Primitive::Sphere {
                     c: add(c, scale(random_unit(rng), r - lr)),
                     r: lr,
@@ -304,13 +357,13 @@ fn shape(kind: NoduleKind, c: [f64; 3], r: f64, s: f64, rng: &mut ChaCha8Rng) ->
                 });
             }
             if kind == NoduleKind::Spiculated {
-                for _ in 0..rng.random_range(8..17) {
+                for _ in 0..rng.random_range(14..28) {
                     let d = random_unit(rng);
-                    let width = rng.random_range(0.5..0.9) * s.min(1.0);
+                    let width = rng.random_range(0.6..1.2) * s.min(1.0);
                     prims.push(Primitive::Tube {
                         seg: Segment {
                             a: add(c, scale(d, 0.6 * r)),
-                            b: add(c, scale(d, r * rng.random_range(1.3..2.0))),
+                            b: add(c, scale(d, r * rng.random_range(1.3..2.3))),
                             ra: width.max(0.35),
                             rb: 0.25,
                             wall: 0.0,

@@ -102,7 +102,12 @@ fn tube_box(seg: &Segment, z: f64, r: f64) -> Option<([f64; 2], [f64; 2])> {
         let tb = ((z + r - az) / (bz - az)).clamp(0.0, 1.0);
         (ta.min(tb), ta.max(tb))
     };
-    let at = |t: f64| [seg.a[0] + t * (seg.b[0] - seg.a[0]), seg.a[1] + t * (seg.b[1] - seg.a[1])];
+    let at = |t: f64| {
+        [
+            seg.a[0] + t * (seg.b[0] - seg.a[0]),
+            seg.a[1] + t * (seg.b[1] - seg.a[1]),
+        ]
+    };
     let (p, q) = (at(t0), at(t1));
     Some((
         [p[0].min(q[0]) - r, p[1].min(q[1]) - r],
@@ -115,7 +120,14 @@ fn coverage(r: f64, d: f64, px: f64) -> f32 {
     ((r - d) / px + 0.5).clamp(0.0, 1.0) as f32
 }
 
-fn render_slice(scene: &Scene, i: usize, out: &mut [f32], vessels: &[u32], airways: &[u32], kernel: &[f32]) {
+fn render_slice(
+    scene: &Scene,
+    i: usize,
+    out: &mut [f32],
+    vessels: &[u32],
+    airways: &[u32],
+    kernel: &[f32],
+) {
     let f = scene.frame;
     let anatomy = scene.anatomy;
     let z = f.z(i);
@@ -123,14 +135,21 @@ fn render_slice(scene: &Scene, i: usize, out: &mut [f32], vessels: &[u32], airwa
     let ribs = anatomy.rib_slice(&zc);
     let mut label = vec![0u8; out.len()];
     let xs: Vec<f64> = (0..f.columns).map(|c| f.x(c)).collect();
-    for (r, (row, lab)) in out.chunks_mut(f.columns).zip(label.chunks_mut(f.columns)).enumerate() {
+    for (r, (row, lab)) in out
+        .chunks_mut(f.columns)
+        .zip(label.chunks_mut(f.columns))
+        .enumerate()
+    {
         let y = f.y(r);
         for ((v, l), &x) in row.iter_mut().zip(lab.iter_mut()).zip(&xs) {
             (*v, *l) = anatomy.pixel(&zc, &ribs, x, y);
         }
     }
     let px = f.spacing;
-    let tubes = |segments: &[Segment], ids: &[u32], pad: f64, visit: &mut dyn FnMut(usize, f64, f64, &Segment)| {
+    let tubes = |segments: &[Segment],
+                 ids: &[u32],
+                 pad: f64,
+                 visit: &mut dyn FnMut(usize, f64, f64, &Segment)| {
         for &id in ids {
             let seg = &segments[id as usize];
             let Some((lo, hi)) = tube_box(seg, z, seg.outer() + pad) else {
@@ -140,8 +159,9 @@ fn render_slice(scene: &Scene, i: usize, out: &mut [f32], vessels: &[u32], airwa
                 continue;
             };
             for r in r0..=r1 {
-                for c in c0..=c1 {
-                    let (d, radius) = seg.distance([xs[c], f.y(r), z]);
+                let y = f.y(r);
+                for (c, &x) in xs.iter().enumerate().take(c1 + 1).skip(c0) {
+                    let (d, radius) = seg.distance([x, y, z]);
                     visit(r * f.columns + c, d, radius, seg);
                 }
             }
@@ -181,18 +201,19 @@ fn draw_primitive(f: &Frame, prim: &Primitive, z: f64, xs: &[f64], out: &mut [f3
     if z < lo[2] - px || z > hi[2] + px {
         return;
     }
-    let Some((c0, c1, r0, r1)) = pixel_box(f, [lo[0] - px, lo[1] - px], [hi[0] + px, hi[1] + px]) else {
+    let Some((c0, c1, r0, r1)) = pixel_box(f, [lo[0] - px, lo[1] - px], [hi[0] + px, hi[1] + px])
+    else {
         return;
     };
     let hu = prim.hu();
     for r in r0..=r1 {
         let y = f.y(r);
-        for c in c0..=c1 {
+        for (c, &x) in xs.iter().enumerate().take(c1 + 1).skip(c0) {
             let k = r * f.columns + c;
             if label[k] == LABEL_BONE {
                 continue;
             }
-            let (d, radius) = prim.distance([xs[c], y, z]);
+            let (d, radius) = prim.distance([x, y, z]);
             if d < radius + px {
                 let v = out[k] + (hu - out[k]) * coverage(radius, d, px);
                 out[k] = out[k].max(v);
@@ -250,7 +271,11 @@ fn blur_z_and_add_noise(data: &mut [f32], f: &Frame, sd: f64, seed: u64) {
         cur_orig.copy_from_slice(&data[i * plane..(i + 1) * plane]);
         let (head, tail) = data.split_at_mut((i + 1) * plane);
         let cur = &mut head[i * plane..];
-        let next: &[f32] = if i + 1 < f.slices { &tail[..plane] } else { &cur_orig };
+        let next: &[f32] = if i + 1 < f.slices {
+            &tail[..plane]
+        } else {
+            &cur_orig
+        };
         cur.par_chunks_mut(f.columns)
             .zip(cur_orig.par_chunks(f.columns))
             .zip(prev.par_chunks(f.columns))

@@ -80,7 +80,7 @@ pub(crate) fn vessels(anatomy: &Anatomy, pixel: f64, rng: &mut ChaCha8Rng) -> Ve
     let mut out = Vec::new();
     for side in 0..2 {
         for (k, hilum) in anatomy.hila(side).into_iter().enumerate() {
-            let root_r = if k == 0 { 5.0 * s } else { 4.5 * s };
+            let root_r = if k == 0 { 4.0 * s } else { 3.6 * s };
             let roots = root_tips(anatomy, hilum, root_r, 8, rng, &mut out, 0.0);
             grow(anatomy, roots, &growth, rng, &mut out);
         }
@@ -89,7 +89,12 @@ pub(crate) fn vessels(anatomy: &Anatomy, pixel: f64, rng: &mut ChaCha8Rng) -> Ve
 }
 
 /// Trachea, main bronchi and the bronchial tree down to ~1 mm lumens.
-pub(crate) fn airways(anatomy: &Anatomy, top_z: f64, pixel: f64, rng: &mut ChaCha8Rng) -> Vec<Segment> {
+pub(crate) fn airways(
+    anatomy: &Anatomy,
+    top_z: f64,
+    pixel: f64,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Segment> {
     let s = anatomy.s;
     let wall = |r: f64| 0.15 * r + 0.25 * s;
     let carina = [anatomy.cx, anatomy.cy + anatomy.yt, anatomy.z_ref];
@@ -112,9 +117,23 @@ pub(crate) fn airways(anatomy: &Anatomy, top_z: f64, pixel: f64, rng: &mut ChaCh
     };
     for side in 0..2 {
         let (end, r) = if side == 0 {
-            ([carina[0] - 25.0 * s, carina[1] + 2.0 * s, carina[2] - 22.0 * s], 6.5 * s)
+            (
+                [
+                    carina[0] - 25.0 * s,
+                    carina[1] + 2.0 * s,
+                    carina[2] - 22.0 * s,
+                ],
+                6.5 * s,
+            )
         } else {
-            ([carina[0] + 42.0 * s, carina[1] + 5.0 * s, carina[2] - 30.0 * s], 5.5 * s)
+            (
+                [
+                    carina[0] + 42.0 * s,
+                    carina[1] + 5.0 * s,
+                    carina[2] - 30.0 * s,
+                ],
+                5.5 * s,
+            )
         };
         out.push(Segment {
             a: carina,
@@ -165,7 +184,13 @@ fn root_tips(
         // March from the hilum until the tube is inside the lung.
         let mut t = 0.0;
         let step = 1.0 * s;
-        while t < dist && !anatomy.in_lung(hilum[0] + dir[0] * t, hilum[1] + dir[1] * t, hilum[2] + dir[2] * t) {
+        while t < dist
+            && !anatomy.in_lung(
+                hilum[0] + dir[0] * t,
+                hilum[1] + dir[1] * t,
+                hilum[2] + dir[2] * t,
+            )
+        {
             t += step;
         }
         if t >= dist {
@@ -190,7 +215,13 @@ fn root_tips(
     tips
 }
 
-fn grow(anatomy: &Anatomy, roots: Vec<Tip>, g: &Growth, rng: &mut ChaCha8Rng, out: &mut Vec<Segment>) {
+fn grow(
+    anatomy: &Anatomy,
+    roots: Vec<Tip>,
+    g: &Growth,
+    rng: &mut ChaCha8Rng,
+    out: &mut Vec<Segment>,
+) {
     let mut queue: VecDeque<Tip> = roots.into();
     let mut made = 0usize;
     while let Some(tip) = queue.pop_front() {
@@ -219,9 +250,20 @@ fn grow(anatomy: &Anatomy, roots: Vec<Tip>, g: &Growth, rng: &mut ChaCha8Rng, ou
             tip.target
         };
         let side_target = lung_target(anatomy, end, rng).unwrap_or(tip.target);
-        let main_dir = steer(rotate_random(dir, rng.random_range(5f64..20.0).to_radians(), rng), end, main_target);
-        let side_dir = steer(rotate_random(dir, rng.random_range(35f64..65.0).to_radians(), rng), end, side_target);
-        for (r, d, target) in [(main_r, main_dir, main_target), (side_r, side_dir, side_target)] {
+        let main_dir = steer(
+            rotate_random(dir, rng.random_range(5f64..20.0).to_radians(), rng),
+            end,
+            main_target,
+        );
+        let side_dir = steer(
+            rotate_random(dir, rng.random_range(35f64..65.0).to_radians(), rng),
+            end,
+            side_target,
+        );
+        for (r, d, target) in [
+            (main_r, main_dir, main_target),
+            (side_r, side_dir, side_target),
+        ] {
             queue.push_back(Tip {
                 p: end,
                 dir: d,
@@ -235,7 +277,10 @@ fn grow(anatomy: &Anatomy, roots: Vec<Tip>, g: &Growth, rng: &mut ChaCha8Rng, ou
 
 /// Blends a branch direction towards its target.
 fn steer(dir: [f64; 3], from: [f64; 3], target: [f64; 3]) -> [f64; 3] {
-    normalise(add(scale(dir, 0.65), scale(normalise(sub(target, from)), 0.35)))
+    normalise(add(
+        scale(dir, 0.65),
+        scale(normalise(sub(target, from)), 0.35),
+    ))
 }
 
 /// A random lung point within ~60 mm (scaled) of `near`, preferring points farther from the body
@@ -243,7 +288,10 @@ fn steer(dir: [f64; 3], from: [f64; 3], target: [f64; 3]) -> [f64; 3] {
 fn lung_target(anatomy: &Anatomy, near: [f64; 3], rng: &mut ChaCha8Rng) -> Option<[f64; 3]> {
     let reach = 60.0 * anatomy.s;
     for _ in 0..20 {
-        let p = add(near, scale(random_unit(rng), reach * rng.random_range(0.3..1.0)));
+        let p = add(
+            near,
+            scale(random_unit(rng), reach * rng.random_range(0.3..1.0)),
+        );
         if (p[0] - anatomy.cx).abs() + 5.0 * anatomy.s < (near[0] - anatomy.cx).abs() {
             continue;
         }
@@ -255,7 +303,12 @@ fn lung_target(anatomy: &Anatomy, near: [f64; 3], rng: &mut ChaCha8Rng) -> Optio
 }
 
 /// A segment from the tip that stays inside the lung, trying a few directions and lengths.
-fn extend(anatomy: &Anatomy, tip: &Tip, g: &Growth, rng: &mut ChaCha8Rng) -> Option<([f64; 3], [f64; 3])> {
+fn extend(
+    anatomy: &Anatomy,
+    tip: &Tip,
+    g: &Growth,
+    rng: &mut ChaCha8Rng,
+) -> Option<([f64; 3], [f64; 3])> {
     let length = tip.r * rng.random_range(g.length.0..g.length.1) + 1.5 * anatomy.s.min(1.0);
     for attempt in 0..6 {
         let dir = if attempt == 0 {
@@ -288,7 +341,11 @@ fn rotate_random(dir: [f64; 3], angle: f64, rng: &mut ChaCha8Rng) -> [f64; 3] {
     ];
     let mut perp = sub(random, scale(dir, dot(random, dir)));
     if norm(perp) < 1e-9 {
-        perp = if dir[0].abs() < 0.9 { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
+        perp = if dir[0].abs() < 0.9 {
+            [1.0, 0.0, 0.0]
+        } else {
+            [0.0, 1.0, 0.0]
+        };
         perp = sub(perp, scale(dir, dot(perp, dir)));
     }
     let perp = normalise(perp);

@@ -8,7 +8,9 @@
 //! superior slice, i.e. the last volume index; see [`instance_number`].
 
 use super::raster::{HU_MAX, HU_MIN};
-use super::{dataset_seed, generate, Phantom, PhantomError, PhantomNodule, PhantomSpec, CT_IMAGE_STORAGE};
+use super::{
+    dataset_seed, generate, Phantom, PhantomError, PhantomNodule, PhantomSpec, CT_IMAGE_STORAGE,
+};
 use crate::uid;
 use dicom_core::value::{PrimitiveValue, C};
 use dicom_core::{DataElement, Tag, VR};
@@ -57,7 +59,10 @@ pub fn slice_file_name(phantom: &Phantom, index: usize) -> String {
 }
 
 /// The complete DICOM file (meta header and data set) of volume index `index`.
-pub fn slice_object(phantom: &Phantom, index: usize) -> Result<FileDicomObject<InMemDicomObject>, PhantomError> {
+pub fn slice_object(
+    phantom: &Phantom,
+    index: usize,
+) -> Result<FileDicomObject<InMemDicomObject>, PhantomError> {
     let [slices, rows, columns] = phantom.volume.shape();
     if index >= slices {
         return Err(PhantomError::SliceIndex { index, slices });
@@ -82,9 +87,17 @@ pub fn slice_object(phantom: &Phantom, index: usize) -> Result<FileDicomObject<I
     let multi = |values: Vec<String>| PrimitiveValue::Strs(values.into_iter().collect());
     // SOP Common
     put(tags::SPECIFIC_CHARACTER_SET, VR::CS, text("ISO_IR 100"));
-    put(tags::IMAGE_TYPE, VR::CS, multi(vec!["ORIGINAL".into(), "PRIMARY".into(), "AXIAL".into()]));
+    put(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        multi(vec!["ORIGINAL".into(), "PRIMARY".into(), "AXIAL".into()]),
+    );
     put(tags::INSTANCE_CREATION_DATE, VR::DA, text(&id.study_date));
-    put(tags::INSTANCE_CREATION_TIME, VR::TM, text(&id.acquisition_time));
+    put(
+        tags::INSTANCE_CREATION_TIME,
+        VR::TM,
+        text(&id.acquisition_time),
+    );
     put(tags::SOP_CLASS_UID, VR::UI, text(CT_IMAGE_STORAGE));
     put(tags::SOP_INSTANCE_UID, VR::UI, text(&sop_instance_uid));
     // General Study / Series / Image dates
@@ -99,15 +112,31 @@ pub fn slice_object(phantom: &Phantom, index: usize) -> Result<FileDicomObject<I
     put(tags::ACCESSION_NUMBER, VR::SH, text(&id.accession_number));
     put(tags::MODALITY, VR::CS, text("CT"));
     put(tags::MANUFACTURER, VR::LO, text("noduled phantom"));
-    put(tags::REFERRING_PHYSICIAN_NAME, VR::PN, PrimitiveValue::Empty);
+    put(
+        tags::REFERRING_PHYSICIAN_NAME,
+        VR::PN,
+        PrimitiveValue::Empty,
+    );
     put(tags::STATION_NAME, VR::SH, text("PHANTOM"));
     put(tags::STUDY_DESCRIPTION, VR::LO, text(&id.study_description));
-    put(tags::SERIES_DESCRIPTION, VR::LO, text(&id.series_description));
-    put(tags::MANUFACTURER_MODEL_NAME, VR::LO, text("Synthetic Chest"));
+    put(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        text(&id.series_description),
+    );
+    put(
+        tags::MANUFACTURER_MODEL_NAME,
+        VR::LO,
+        text("Synthetic Chest"),
+    );
     // Patient
     put(tags::PATIENT_NAME, VR::PN, text(&id.patient_name));
     put(tags::PATIENT_ID, VR::LO, text(&id.patient_id));
-    put(tags::PATIENT_BIRTH_DATE, VR::DA, text(&id.patient_birth_date));
+    put(
+        tags::PATIENT_BIRTH_DATE,
+        VR::DA,
+        text(&id.patient_birth_date),
+    );
     put(tags::PATIENT_SEX, VR::CS, text(&id.patient_sex));
     put(tags::PATIENT_AGE, VR::AS, text(&id.patient_age));
     // CT acquisition
@@ -115,45 +144,94 @@ pub fn slice_object(phantom: &Phantom, index: usize) -> Result<FileDicomObject<I
     put(tags::SLICE_THICKNESS, VR::DS, text(&ds(thickness)));
     put(tags::KVP, VR::DS, text(&id.kvp.to_string()));
     put(tags::DATA_COLLECTION_DIAMETER, VR::DS, text("500"));
-    put(tags::SOFTWARE_VERSIONS, VR::LO, text(concat!("noduled ", env!("CARGO_PKG_VERSION"))));
-    put(tags::RECONSTRUCTION_DIAMETER, VR::DS, text(&ds(columns as f64 * spacing[0])));
+    put(
+        tags::SOFTWARE_VERSIONS,
+        VR::LO,
+        text(concat!("noduled ", env!("CARGO_PKG_VERSION"))),
+    );
+    put(
+        tags::RECONSTRUCTION_DIAMETER,
+        VR::DS,
+        text(&ds(columns as f64 * spacing[0])),
+    );
     put(tags::GANTRY_DETECTOR_TILT, VR::DS, text("0"));
     put(tags::TABLE_HEIGHT, VR::DS, text("160"));
     put(tags::ROTATION_DIRECTION, VR::CS, text("CW"));
-    put(tags::X_RAY_TUBE_CURRENT, VR::IS, text(&id.tube_current_ma.to_string()));
-    put(tags::CONVOLUTION_KERNEL, VR::SH, text(&id.convolution_kernel));
+    put(
+        tags::X_RAY_TUBE_CURRENT,
+        VR::IS,
+        text(&id.tube_current_ma.to_string()),
+    );
+    put(
+        tags::CONVOLUTION_KERNEL,
+        VR::SH,
+        text(&id.convolution_kernel),
+    );
     put(tags::PATIENT_POSITION, VR::CS, text("HFS"));
     // Relationship
     put(tags::STUDY_INSTANCE_UID, VR::UI, text(&series.study_uid));
     put(tags::SERIES_INSTANCE_UID, VR::UI, text(&series.series_uid));
     put(tags::STUDY_ID, VR::SH, text(&id.study_id));
-    put(tags::SERIES_NUMBER, VR::IS, text(&id.series_number.to_string()));
+    put(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        text(&id.series_number.to_string()),
+    );
     put(tags::ACQUISITION_NUMBER, VR::IS, text("1"));
     put(tags::INSTANCE_NUMBER, VR::IS, text(&instance.to_string()));
-    put(tags::IMAGE_POSITION_PATIENT, VR::DS, multi(position.iter().map(|v| ds(*v)).collect()));
+    put(
+        tags::IMAGE_POSITION_PATIENT,
+        VR::DS,
+        multi(position.iter().map(|v| ds(*v)).collect()),
+    );
     put(
         tags::IMAGE_ORIENTATION_PATIENT,
         VR::DS,
-        multi(orientation(&geometry.direction).iter().map(|v| ds(*v)).collect()),
+        multi(
+            orientation(&geometry.direction)
+                .iter()
+                .map(|v| ds(*v))
+                .collect(),
+        ),
     );
     if let Some(frame) = &series.frame_of_reference_uid {
         put(tags::FRAME_OF_REFERENCE_UID, VR::UI, text(frame));
     }
-    put(tags::POSITION_REFERENCE_INDICATOR, VR::LO, PrimitiveValue::Empty);
+    put(
+        tags::POSITION_REFERENCE_INDICATOR,
+        VR::LO,
+        PrimitiveValue::Empty,
+    );
     put(tags::SLICE_LOCATION, VR::DS, text(&ds(position[2])));
     // Image Pixel
     put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
-    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, text("MONOCHROME2"));
+    put(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        text("MONOCHROME2"),
+    );
     put(tags::ROWS, VR::US, PrimitiveValue::from(rows as u16));
     put(tags::COLUMNS, VR::US, PrimitiveValue::from(columns as u16));
-    put(tags::PIXEL_SPACING, VR::DS, multi(vec![ds(spacing[1]), ds(spacing[0])]));
+    put(
+        tags::PIXEL_SPACING,
+        VR::DS,
+        multi(vec![ds(spacing[1]), ds(spacing[0])]),
+    );
     put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
     put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
     put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
-    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
+    put(
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        PrimitiveValue::from(1u16),
+    );
     put(tags::WINDOW_CENTER, VR::DS, text("-600"));
     put(tags::WINDOW_WIDTH, VR::DS, text("1500"));
-    put(tags::RESCALE_INTERCEPT, VR::DS, text(&ds(RESCALE_INTERCEPT)));
+    put(
+        tags::RESCALE_INTERCEPT,
+        VR::DS,
+        text(&ds(RESCALE_INTERCEPT)),
+    );
     put(tags::RESCALE_SLOPE, VR::DS, text("1"));
     put(tags::RESCALE_TYPE, VR::LO, text("HU"));
     put(tags::WINDOW_CENTER_WIDTH_EXPLANATION, VR::LO, text("LUNG"));
@@ -167,7 +245,11 @@ pub fn slice_object(phantom: &Phantom, index: usize) -> Result<FileDicomObject<I
             stored as u16
         })
         .collect();
-    put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(C::from_vec(pixels)));
+    put(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(C::from_vec(pixels)),
+    );
     obj.with_meta(
         FileMetaTableBuilder::new()
             .transfer_syntax(TRANSFER_SYNTAX)
@@ -192,10 +274,12 @@ pub fn write_series(phantom: &Phantom, dir: &Path) -> Result<Vec<PathBuf>, Phant
         .map(|index| {
             let path = dir.join(slice_file_name(phantom, index));
             let object = slice_object(phantom, index)?;
-            object.write_to_file(&path).map_err(|e| PhantomError::Dicom {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            object
+                .write_to_file(&path)
+                .map_err(|e| PhantomError::Dicom {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             Ok(path)
         })
         .collect()
@@ -264,7 +348,10 @@ pub fn write_dataset(
         path: annotations_csv.clone(),
         source,
     })?;
-    Ok(DatasetSummary { annotations_csv, series })
+    Ok(DatasetSummary {
+        annotations_csv,
+        series,
+    })
 }
 
 /// ImageOrientationPatient: the row cosine then the column cosine (the first two columns of the
