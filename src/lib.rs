@@ -13,4 +13,4 @@ pub mod pipeline;
 pub mod uid;
 pub mod volume;
 
-pub use volume::{Geometry, SeriesInfo, SourceInstance, Volume};
+pub use volume::{Geometry, PatientStudy, SeriesInfo, SourceInstance, Volume};

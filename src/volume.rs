@@ -97,12 +97,35 @@ pub struct SourceInstance {
     pub sop_instance_uid: String,
 }
 
+/// Patient and study attributes copied from the source images, for derived objects (the SR) that
+/// must join the same patient and study. Values are the DICOM strings as received; absent = empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PatientStudy {
+    pub patient_name: String,
+    pub patient_id: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub study_id: String,
+    pub accession_number: String,
+    pub referring_physician_name: String,
+    pub study_description: String,
+    pub specific_character_set: String,
+}
+
 /// Identity and provenance of the series a volume came from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SeriesInfo {
     pub series_uid: String,
     pub study_uid: String,
     pub frame_of_reference_uid: Option<String>,
+    /// Patient and study modules of the first source image (patient data: never log above debug).
+    #[serde(skip)]
+    pub patient_study: PatientStudy,
+    pub modality: String,
+    pub series_number: Option<String>,
+    pub series_description: Option<String>,
     /// Nominal reconstructed slice thickness (0018,0050), if present.
     pub slice_thickness_mm: Option<f64>,
     /// Source images in the volume's index order (index 0 first).

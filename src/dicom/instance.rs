@@ -39,6 +39,8 @@ pub struct CtHeader {
     pub study_uid: String,
     pub frame_of_reference_uid: Option<String>,
     pub series_description: Option<String>,
+    pub series_number: Option<String>,
+    pub patient_study: crate::volume::PatientStudy,
     pub image_type: Vec<String>,
     pub rows: usize,
     pub columns: usize,
@@ -146,6 +148,20 @@ impl CtHeader {
             study_uid: required(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
             frame_of_reference_uid: text(obj, tags::FRAME_OF_REFERENCE_UID),
             series_description: text(obj, tags::SERIES_DESCRIPTION),
+            series_number: text(obj, tags::SERIES_NUMBER),
+            patient_study: crate::volume::PatientStudy {
+                patient_name: text(obj, tags::PATIENT_NAME).unwrap_or_default(),
+                patient_id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
+                patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE).unwrap_or_default(),
+                patient_sex: text(obj, tags::PATIENT_SEX).unwrap_or_default(),
+                study_date: text(obj, tags::STUDY_DATE).unwrap_or_default(),
+                study_time: text(obj, tags::STUDY_TIME).unwrap_or_default(),
+                study_id: text(obj, tags::STUDY_ID).unwrap_or_default(),
+                accession_number: text(obj, tags::ACCESSION_NUMBER).unwrap_or_default(),
+                referring_physician_name: text(obj, tags::REFERRING_PHYSICIAN_NAME).unwrap_or_default(),
+                study_description: text(obj, tags::STUDY_DESCRIPTION).unwrap_or_default(),
+                specific_character_set: text(obj, tags::SPECIFIC_CHARACTER_SET).unwrap_or_default(),
+            },
             image_type: obj
                 .element_opt(tags::IMAGE_TYPE)
                 .ok()

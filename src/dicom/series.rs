@@ -271,6 +271,10 @@ pub fn assemble(mut instances: Vec<CtInstance>, rules: &SeriesRules) -> Result<V
         series_uid: first.series_uid.clone(),
         study_uid: first.study_uid.clone(),
         frame_of_reference_uid: first.frame_of_reference_uid.clone(),
+        patient_study: first.patient_study.clone(),
+        modality: first.modality.clone(),
+        series_number: first.series_number.clone(),
+        series_description: first.series_description.clone(),
         slice_thickness_mm: first.slice_thickness,
         instances: instances
             .iter()

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::tract_hir::infer::Factoid;
 
 /// The tract engine.
@@ -197,6 +198,15 @@ impl Model for TractModel {
 
     fn prepare(&self, shape: &[usize]) -> Result<(), EngineError> {
         self.plan(shape).map(|_| ())
+    }
+
+    fn run_on(
+        &self,
+        input: ArrayViewD<'_, f32>,
+        pool: &Arc<rayon::ThreadPool>,
+    ) -> Result<Outputs, EngineError> {
+        let executor = Executor::MultiThread(pool.clone());
+        multithread_tract_scope(executor, || self.run(input))
     }
 
     fn run(&self, input: ArrayViewD<'_, f32>) -> Result<Outputs, EngineError> {
