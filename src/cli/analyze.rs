@@ -106,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = PipelineOptions {
         exact: args.exact,
         threads: args.threads.map_or(0, usize::from),
+        ..PipelineOptions::default()
     };
     let pipeline = Pipeline::new(models, options, engine.name())?;
 

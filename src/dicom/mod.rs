@@ -4,8 +4,10 @@
 //! (compute only), and this module walks folders and picks the series, so the daemon can feed
 //! instances from its store through the same [`series::assemble`].
 
+pub mod codes;
 pub mod instance;
 pub mod series;
+pub mod sr;
 
 pub use instance::{CtHeader, CtInstance, InstanceError, ReadOutcome};
 pub use series::{assemble, Refusal, SeriesRules};

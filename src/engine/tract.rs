@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tract_onnx::prelude::*;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 /// The tract engine.

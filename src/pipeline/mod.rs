@@ -84,6 +84,8 @@ pub struct PipelineOptions {
     pub exact: bool,
     /// Worker threads; 0 means one per available core.
     pub threads: usize,
+    /// How segmentation uses the workers (both give the same answer).
+    pub slice_parallelism: segment::SliceParallelism,
 }
 
 impl Default for PipelineOptions {
@@ -91,6 +93,7 @@ impl Default for PipelineOptions {
         PipelineOptions {
             exact: false,
             threads: 0,
+            slice_parallelism: segment::SliceParallelism::default(),
         }
     }
 }
@@ -252,7 +255,7 @@ pub struct Pipeline {
     models: Models,
     options: PipelineOptions,
     engine: String,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -293,7 +296,7 @@ impl Pipeline {
             models,
             options: PipelineOptions { threads, ..options },
             engine: engine.into(),
-            pool,
+            pool: Arc::new(pool),
         })
     }
 
@@ -321,9 +324,13 @@ impl Pipeline {
         let geometry = &volume.geometry;
 
         let t = Instant::now();
-        let probability = self
-            .pool
-            .install(|| segment::segment(self.models.segmentation.as_ref(), hu, progress))?;
+        let probability = segment::segment(
+            self.models.segmentation.as_ref(),
+            hu,
+            &self.pool,
+            self.options.slice_parallelism,
+            progress,
+        )?;
         let segment_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();

@@ -2,18 +2,21 @@
 //!
 //! Each slice goes in with 3 context slices on each side (the first and last slices repeated past
 //! the volume's ends), HU clamped to [-1000, 1000], as one `1×7×H×W` float32 batch; the model answers a
-//! per-pixel nodule probability (sigmoid already applied). Slices are independent, so they are spread
-//! over the worker pool; the model's optimised plan is shared.
+//! per-pixel nodule probability (sigmoid already applied). The model's optimised plan is shared; the
+//! worker pool either splits each slice's work ([`SliceParallelism::IntraOp`], the default: faster
+//! for the U-Net on few cores) or runs several slices at once ([`SliceParallelism::Slices`]).
 //!
 //! The U-Net halves H and W twice, so both must be divisible by 4. A volume whose rows or columns are
 //! not is padded on the bottom/right with -1000 HU (air, the clamp floor) up to the next multiple of
 //! 4 and the padding is cut off the answer again: the only way such a volume can be run at all.
 
 use super::{PipelineError, Stage, CONTEXT_SLICES, HU_MAX, HU_MIN};
-use crate::engine::Model;
-use ndarray::{Array3, Array4, ArrayView3, Axis, Ix4};
+use crate::engine::{EngineError, Model, Outputs};
+use ndarray::{s, Array3, Array4, ArrayView3, ArrayViewMut2, Axis, Ix4};
 use rayon::prelude::*;
+use rayon::ThreadPool;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Name of the segmentation model's output read (falls back to the first output).
 pub const OUTPUT: &str = "nodule_probability";
@@ -32,17 +35,32 @@ pub fn slice_input(hu: ArrayView3<'_, f32>, index: usize) -> Array4<f32> {
     for k in 0..channels {
         let source = (index + k).saturating_sub(CONTEXT_SLICES).min(n - 1);
         let plane = hu.index_axis(Axis(0), source);
-        let mut out = input.slice_mut(ndarray::s![0, k, ..h, ..w]);
+        let mut out = input.slice_mut(s![0, k, ..h, ..w]);
         out.zip_mut_with(&plane, |o, &v| *o = v.clamp(HU_MIN, HU_MAX));
     }
     input
 }
 
-/// The U-Net probability of every voxel, `[index, row, column]` like `hu`. Runs on the current rayon
-/// pool (the caller installs the pipeline's pool); `progress` gets (slices done, slices total).
+/// How the slices of a volume share the worker pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SliceParallelism {
+    /// One slice at a time, the model's own work split over the pool (tract: its matrix
+    /// products). The faster choice for the U-Net: the slices' working sets do not compete for
+    /// the caches.
+    #[default]
+    IntraOp,
+    /// Several slices at once, each on one worker thread.
+    Slices,
+}
+
+/// The U-Net probability of every voxel, `[index, row, column]` like `hu`, computed on `pool`;
+/// `progress` gets (slices done, slices total).
 pub fn segment(
     model: &dyn Model,
     hu: ArrayView3<'_, f32>,
+    pool: &Arc<ThreadPool>,
+    parallelism: SliceParallelism,
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
 ) -> Result<Array3<f32>, PipelineError> {
     let [n, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
@@ -50,47 +68,70 @@ pub fn segment(
     if n == 0 || h == 0 || w == 0 {
         return Ok(probability);
     }
-    let name = &model.info().name;
     let done = AtomicUsize::new(0);
     progress(Stage::Segment, 0, n);
-    let out = probability
-        .as_slice_mut()
-        .expect("a fresh Array3 is contiguous");
-    out.par_chunks_mut(h * w)
-        .enumerate()
-        .try_for_each(|(index, plane)| {
-            let input = slice_input(hu, index);
-            let outputs = model.run(input.view().into_dyn())?;
-            let prob = match outputs.get(OUTPUT) {
-                Some(p) => p,
-                None => outputs.require(name, OUTPUT)?,
-            };
-            let prob = prob.view().into_dimensionality::<Ix4>().map_err(|_| {
-                PipelineError::OutputShape {
-                    model: name.clone(),
-                    output: OUTPUT.to_string(),
-                    shape: prob.shape().to_vec(),
-                    expected: format!("[1, 1, {}, {}]", padded_extent(h), padded_extent(w)),
-                }
-            })?;
-            if prob.shape()[..2] != [1, 1] || prob.shape()[2] < h || prob.shape()[3] < w {
-                return Err(PipelineError::OutputShape {
-                    model: name.clone(),
-                    output: OUTPUT.to_string(),
-                    shape: prob.shape().to_vec(),
-                    expected: format!("[1, 1, {}, {}]", padded_extent(h), padded_extent(w)),
-                });
+    let one = |index: usize, plane: &mut ArrayViewMut2<'_, f32>| -> Result<(), PipelineError> {
+        let input = slice_input(hu, index);
+        let outputs = match parallelism {
+            SliceParallelism::IntraOp => model.run_on(input.view().into_dyn(), pool)?,
+            SliceParallelism::Slices => model.run(input.view().into_dyn())?,
+        };
+        copy_plane(model, &outputs, plane)?;
+        progress(Stage::Segment, done.fetch_add(1, Ordering::Relaxed) + 1, n);
+        Ok(())
+    };
+    let mut planes: Vec<ArrayViewMut2<'_, f32>> = probability.outer_iter_mut().collect();
+    match parallelism {
+        SliceParallelism::IntraOp => {
+            for (index, plane) in planes.iter_mut().enumerate() {
+                one(index, plane)?;
             }
-            for (r, row) in plane.chunks_mut(w).enumerate() {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = prob[[0, 0, r, c]];
-                }
-            }
-            let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(Stage::Segment, finished, n);
-            Ok(())
-        })?;
+        }
+        SliceParallelism::Slices => pool.install(|| {
+            planes
+                .par_iter_mut()
+                .enumerate()
+                .try_for_each(|(index, plane)| one(index, plane))
+        })?,
+    }
     Ok(probability)
+}
+
+/// Copies the top-left `h × w` of the `[1, 1, H', W']` output into `plane` (`h × w`).
+fn copy_plane(
+    model: &dyn Model,
+    outputs: &Outputs,
+    plane: &mut ArrayViewMut2<'_, f32>,
+) -> Result<(), PipelineError> {
+    let (h, w) = plane.dim();
+    let name = &model.info().name;
+    let prob = match outputs.get(OUTPUT) {
+        Some(p) => p,
+        None => outputs
+            .0
+            .first()
+            .map(|(_, a)| a)
+            .ok_or_else(|| EngineError::MissingOutput {
+                name: name.clone(),
+                output: OUTPUT.to_string(),
+                available: String::new(),
+            })?,
+    };
+    let shape_err = || PipelineError::OutputShape {
+        model: name.clone(),
+        output: OUTPUT.to_string(),
+        shape: prob.shape().to_vec(),
+        expected: format!("[1, 1, {}, {}]", padded_extent(h), padded_extent(w)),
+    };
+    let prob = prob
+        .view()
+        .into_dimensionality::<Ix4>()
+        .map_err(|_| shape_err())?;
+    if prob.shape()[..2] != [1, 1] || prob.shape()[2] < h || prob.shape()[3] < w {
+        return Err(shape_err());
+    }
+    plane.assign(&prob.slice(s![0, 0, ..h, ..w]));
+    Ok(())
 }
 
 #[cfg(test)]
