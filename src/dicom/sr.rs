@@ -176,7 +176,12 @@ pub fn build_sr(
 
     let mut obj = InMemDicomObject::new_empty();
     // SOP Common
-    put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put_str(
+        &mut obj,
+        tags::SPECIFIC_CHARACTER_SET,
+        VR::CS,
+        character_set(analysis, volume_series, options),
+    );
     put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
     put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
     put_str(&mut obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
@@ -412,6 +417,38 @@ fn check_inputs(
         }
     }
     Ok(())
+}
+
+/// `ISO_IR 100` when every text we write is ASCII (the common case, byte-identical in Latin-1 and
+/// readable by every toolkit), else `ISO_IR 192` (UTF-8: the strings are Unicode once decoded from
+/// the source, whatever its character set was).
+fn character_set(analysis: &Analysis, series: &SeriesInfo, options: &SrOptions) -> &'static str {
+    let ps = &series.patient_study;
+    let mut texts = vec![
+        &ps.patient_name,
+        &ps.patient_id,
+        &ps.patient_birth_date,
+        &ps.patient_sex,
+        &ps.study_date,
+        &ps.study_time,
+        &ps.study_id,
+        &ps.accession_number,
+        &ps.referring_physician_name,
+        &ps.study_description,
+        &options.device_name,
+        &options.manufacturer,
+        &options.model_name,
+        &options.serial_number,
+        &options.software_version,
+        &options.series_description,
+        &analysis.engine,
+    ];
+    texts.extend(analysis.models.iter().map(|m| &m.name));
+    if texts.iter().all(|t| t.is_ascii()) {
+        "ISO_IR 100"
+    } else {
+        "ISO_IR 192"
+    }
 }
 
 fn software_versions(options: &SrOptions, analysis: &Analysis) -> Vec<String> {
