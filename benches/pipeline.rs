@@ -1,13 +1,11 @@
 //! Per-stage timings of the whole pipeline on LIDC-IDRI-0001 with the book's models (plain `main`,
 //! `harness = false`): `cargo bench --bench pipeline`. Threads: 2 (the target machine), or
-//! `NODULED_BENCH_THREADS`; segmentation splits each slice over the threads, or runs slices in
-//! parallel with `NODULED_BENCH_SLICES=slices`. Also times the two models alone (one slice, one crop) on one thread, so
+//! `NODULED_BENCH_THREADS`. Also times the two models alone (one slice, one crop) on one thread, so
 //! a regression can be told apart from a change in parallel scaling (`NODULED_BENCH_QUICK=1`: only
 //! those). Skips with a message when `../shared` is absent.
 
 use noduled::engine::{self, ModelRole};
-use noduled::pipeline::segment::{self, SliceParallelism};
-use noduled::pipeline::{classify, Models, Pipeline, PipelineOptions};
+use noduled::pipeline::{classify, segment, Models, Pipeline, PipelineOptions};
 use std::path::Path;
 use std::time::Instant;
 
@@ -71,23 +69,6 @@ fn main() {
         "segmentation, one slice, 1 thread: {:.3} s (first call with optimisation {first:.2} s)",
         t.elapsed().as_secs_f64() / 3.0
     );
-    let pool = std::sync::Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("pool"),
-    );
-    seg.run_on(input.view().into_dyn(), &pool)
-        .expect("seg runs");
-    let t = Instant::now();
-    for _ in 0..3 {
-        seg.run_on(input.view().into_dyn(), &pool)
-            .expect("seg runs");
-    }
-    println!(
-        "segmentation, one slice, split over {threads} threads: {:.3} s",
-        t.elapsed().as_secs_f64() / 3.0
-    );
     let center = [60.0, 256.0, 256.0];
     classify::classify_one(models.nodule.as_ref(), hu, center).expect("cls runs");
     let t = Instant::now();
@@ -102,16 +83,11 @@ fn main() {
     if std::env::var_os("NODULED_BENCH_QUICK").is_some() {
         return; // single-model latencies only
     }
-    let parallelism = match std::env::var("NODULED_BENCH_SLICES").as_deref() {
-        Ok("slices") => SliceParallelism::Slices,
-        _ => SliceParallelism::IntraOp,
-    };
     let pipeline = Pipeline::new(
         models,
         PipelineOptions {
             exact: false,
             threads,
-            slice_parallelism: parallelism,
         },
         engine.name(),
     )
@@ -122,7 +98,7 @@ fn main() {
     analysis.add_load_seconds(load_s);
     let s = analysis.seconds;
     println!(
-        "LIDC-IDRI-0001 {:?}, {threads} threads, segmentation {parallelism:?}: {} candidates, {} findings",
+        "LIDC-IDRI-0001 {:?}, {threads} threads: {} candidates, {} findings",
         analysis.shape,
         analysis.candidates.len(),
         analysis.findings.len()

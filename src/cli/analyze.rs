@@ -27,7 +27,8 @@ are required until they do, e.g. with the book's models:
 
 Malignancy: `--malignancy-model diameter` (the default when models/malignancy.onnx is absent) is the \
 book's diameter baseline: p_malignant = 1 / (1 + exp(-(d - 10.55 mm) / 1.5 mm)), where d is the \
-equivalent diameter (mm) of the nodule's segmented volume, (6·V/π)^(1/3). It is 0.5 at the book's \
+equivalent diameter (mm) of the nodule's segmented volume V (mm³): d = (6·V/π)^(1/3), V being \
+the eroded component dilated once within the thresholded segmentation. It is 0.5 at the book's \
 10.55 mm operating point (TPR 0.56, FPR 0.01 on LUNA16), 0.03 at its 5.42 mm point (TPR 0.96, \
 FPR 0.43), 0.84 at 13 mm.
 
@@ -106,7 +107,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = PipelineOptions {
         exact: args.exact,
         threads: args.threads.map_or(0, usize::from),
-        ..PipelineOptions::default()
     };
     let pipeline = Pipeline::new(models, options, engine.name())?;
 

@@ -138,19 +138,6 @@ pub trait Model: Send + Sync + fmt::Debug {
     /// dimension; the engine prepares (and caches) an optimised plan for each new concrete shape.
     fn run(&self, input: ArrayViewD<'_, f32>) -> Result<Outputs, EngineError>;
 
-    /// Runs one batch, letting the engine split the work inside the model over `pool` (intra-op
-    /// parallelism; tract splits its matrix products). For big inputs run one after another, like
-    /// 512×512 slices through the U-Net; for many small inputs, calling [`Model::run`] from the
-    /// pool's threads is faster. Engines without intra-op parallelism run it as `run` does.
-    fn run_on(
-        &self,
-        input: ArrayViewD<'_, f32>,
-        pool: &Arc<rayon::ThreadPool>,
-    ) -> Result<Outputs, EngineError> {
-        let _ = pool;
-        self.run(input)
-    }
-
     /// Prepares the plan for `shape` now, so the first `run` does not pay for optimisation.
     fn prepare(&self, shape: &[usize]) -> Result<(), EngineError>;
 }

@@ -77,25 +77,13 @@ impl Stage {
     }
 }
 
-/// How to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How to run. The default: not exact (no difference today), one worker per core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineOptions {
     /// The book's processing with no shortcut (see the module docs).
     pub exact: bool,
     /// Worker threads; 0 means one per available core.
     pub threads: usize,
-    /// How segmentation uses the workers (both give the same answer).
-    pub slice_parallelism: segment::SliceParallelism,
-}
-
-impl Default for PipelineOptions {
-    fn default() -> Self {
-        PipelineOptions {
-            exact: false,
-            threads: 0,
-            slice_parallelism: segment::SliceParallelism::default(),
-        }
-    }
 }
 
 /// The models of one pipeline.
@@ -255,7 +243,7 @@ pub struct Pipeline {
     models: Models,
     options: PipelineOptions,
     engine: String,
-    pool: Arc<rayon::ThreadPool>,
+    pool: rayon::ThreadPool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -296,7 +284,7 @@ impl Pipeline {
             models,
             options: PipelineOptions { threads, ..options },
             engine: engine.into(),
-            pool: Arc::new(pool),
+            pool,
         })
     }
 
@@ -324,13 +312,9 @@ impl Pipeline {
         let geometry = &volume.geometry;
 
         let t = Instant::now();
-        let probability = segment::segment(
-            self.models.segmentation.as_ref(),
-            hu,
-            &self.pool,
-            self.options.slice_parallelism,
-            progress,
-        )?;
+        let probability = self
+            .pool
+            .install(|| segment::segment(self.models.segmentation.as_ref(), hu, progress))?;
         let segment_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();

@@ -2,9 +2,9 @@
 //!
 //! Each slice goes in with 3 context slices on each side (the first and last slices repeated past
 //! the volume's ends), HU clamped to [-1000, 1000], as one `1×7×H×W` float32 batch; the model answers a
-//! per-pixel nodule probability (sigmoid already applied). The model's optimised plan is shared; the
-//! worker pool either splits each slice's work ([`SliceParallelism::IntraOp`], the default: faster
-//! for the U-Net on few cores) or runs several slices at once ([`SliceParallelism::Slices`]).
+//! per-pixel nodule probability (sigmoid already applied). Slices are independent, so the worker
+//! pool runs several at once, each on one thread, sharing the model's optimised plan (measured
+//! faster than splitting each slice's matrix products over the threads, see `engine::tract`).
 //!
 //! The U-Net halves H and W twice, so both must be divisible by 4. A volume whose rows or columns are
 //! not is padded on the bottom/right with -1000 HU (air, the clamp floor) up to the next multiple of
@@ -14,9 +14,7 @@ use super::{PipelineError, Stage, CONTEXT_SLICES, HU_MAX, HU_MIN};
 use crate::engine::{EngineError, Model, Outputs};
 use ndarray::{s, Array3, Array4, ArrayView3, ArrayViewMut2, Axis, Ix4};
 use rayon::prelude::*;
-use rayon::ThreadPool;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 /// Name of the segmentation model's output read (falls back to the first output).
 pub const OUTPUT: &str = "nodule_probability";
@@ -41,26 +39,12 @@ pub fn slice_input(hu: ArrayView3<'_, f32>, index: usize) -> Array4<f32> {
     input
 }
 
-/// How the slices of a volume share the worker pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SliceParallelism {
-    /// One slice at a time, the model's own work split over the pool (tract: its matrix
-    /// products). The faster choice for the U-Net: the slices' working sets do not compete for
-    /// the caches.
-    #[default]
-    IntraOp,
-    /// Several slices at once, each on one worker thread.
-    Slices,
-}
-
-/// The U-Net probability of every voxel, `[index, row, column]` like `hu`, computed on `pool`;
-/// `progress` gets (slices done, slices total).
+/// The U-Net probability of every voxel, `[index, row, column]` like `hu`. Slices run in parallel
+/// on the current rayon pool (the caller installs the pipeline's pool); `progress` gets (slices
+/// done, slices total).
 pub fn segment(
     model: &dyn Model,
     hu: ArrayView3<'_, f32>,
-    pool: &Arc<ThreadPool>,
-    parallelism: SliceParallelism,
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
 ) -> Result<Array3<f32>, PipelineError> {
     let [n, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
@@ -70,30 +54,18 @@ pub fn segment(
     }
     let done = AtomicUsize::new(0);
     progress(Stage::Segment, 0, n);
-    let one = |index: usize, plane: &mut ArrayViewMut2<'_, f32>| -> Result<(), PipelineError> {
-        let input = slice_input(hu, index);
-        let outputs = match parallelism {
-            SliceParallelism::IntraOp => model.run_on(input.view().into_dyn(), pool)?,
-            SliceParallelism::Slices => model.run(input.view().into_dyn())?,
-        };
-        copy_plane(model, &outputs, plane)?;
-        progress(Stage::Segment, done.fetch_add(1, Ordering::Relaxed) + 1, n);
-        Ok(())
-    };
     let mut planes: Vec<ArrayViewMut2<'_, f32>> = probability.outer_iter_mut().collect();
-    match parallelism {
-        SliceParallelism::IntraOp => {
-            for (index, plane) in planes.iter_mut().enumerate() {
-                one(index, plane)?;
-            }
-        }
-        SliceParallelism::Slices => pool.install(|| {
-            planes
-                .par_iter_mut()
-                .enumerate()
-                .try_for_each(|(index, plane)| one(index, plane))
-        })?,
-    }
+    planes
+        .par_iter_mut()
+        .with_max_len(1)
+        .enumerate()
+        .try_for_each(|(index, plane)| -> Result<(), PipelineError> {
+            let input = slice_input(hu, index);
+            let outputs = model.run(input.view().into_dyn())?;
+            copy_plane(model, &outputs, plane)?;
+            progress(Stage::Segment, done.fetch_add(1, Ordering::Relaxed) + 1, n);
+            Ok(())
+        })?;
     Ok(probability)
 }
 
