@@ -19,10 +19,17 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let started = Instant::now();
     {
-        let phantom = generate(&PhantomSpec { seed: 7, slices, ..PhantomSpec::default() });
+        let phantom = generate(&PhantomSpec {
+            seed: 7,
+            slices,
+            ..PhantomSpec::default()
+        });
         write_series(&phantom, dir.path()).expect("phantom written");
     }
-    println!("phantom 512×512×{slices} generated and written in {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "phantom 512×512×{slices} generated and written in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     // Warm the page cache once, as a series just received by the daemon would be.
     let _ = noduled::dicom::load_series(dir.path(), None).expect("loads");
 

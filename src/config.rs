@@ -30,7 +30,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "auto".into(), level: "info".into() }
+        LogConfig {
+            format: "auto".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -67,30 +70,44 @@ impl Default for PipelineConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: {} problem(s): {}", .problems.len(), .problems.join("; "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
-        Config::parse(&text)
-            .map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Config::parse(&text).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
     }
 
     /// Parses and validates TOML text; on failure returns every problem found.
     pub fn parse(text: &str) -> Result<Config, Vec<String>> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
         let schema = toml::Table::try_from(Config::default()).map_err(|e| vec![e.to_string()])?;
         let mut problems = Vec::new();
         compare("", &table, &schema, &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
         config.check_ranges(&mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -101,20 +118,32 @@ impl Config {
 
     fn check_ranges(&self, problems: &mut Vec<String>) {
         if !["auto", "human", "json"].contains(&self.log.format.as_str()) {
-            problems.push(format!("log.format must be auto, human or json, not {:?}", self.log.format));
+            problems.push(format!(
+                "log.format must be auto, human or json, not {:?}",
+                self.log.format
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            problems.push(format!("log.level {:?} is not a valid filter", self.log.level));
+            problems.push(format!(
+                "log.level {:?} is not a valid filter",
+                self.log.level
+            ));
         }
         let s = &self.series;
         if s.min_slices < 7 {
-            problems.push(format!("series.min_slices must be at least 7 (the U-Net's context), not {}", s.min_slices));
+            problems.push(format!(
+                "series.min_slices must be at least 7 (the U-Net's context), not {}",
+                s.min_slices
+            ));
         }
         if s.max_slices < s.min_slices {
             problems.push("series.max_slices must not be below series.min_slices".into());
         }
         if s.max_gap_factor.is_nan() || s.max_gap_factor <= 1.0 {
-            problems.push(format!("series.max_gap_factor must be above 1, not {}", s.max_gap_factor));
+            problems.push(format!(
+                "series.max_gap_factor must be above 1, not {}",
+                s.max_gap_factor
+            ));
         }
         if s.warn_thickness_mm.is_nan() || s.warn_thickness_mm <= 0.0 {
             problems.push("series.warn_thickness_mm must be positive".into());
@@ -151,25 +180,39 @@ fn type_name(value: &toml::Value) -> &'static str {
 /// Records unknown keys and type mismatches of `given` against the default `schema`.
 fn compare(prefix: &str, given: &toml::Table, schema: &toml::Table, problems: &mut Vec<String>) {
     for (key, value) in given {
-        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         match schema.get(key) {
             None => problems.push(format!("unknown key `{name}`")),
             Some(toml::Value::Table(inner)) => match value {
                 toml::Value::Table(given_inner) => compare(&name, given_inner, inner, problems),
-                other => problems.push(format!("`{name}` must be a table, not of type {}", type_name(other))),
+                other => problems.push(format!(
+                    "`{name}` must be a table, not of type {}",
+                    type_name(other)
+                )),
             },
             Some(expected) => {
                 let fits = matches!(
                     (expected, value),
-                    (toml::Value::Float(_), toml::Value::Integer(_) | toml::Value::Float(_))
-                        | (toml::Value::Integer(_), toml::Value::Integer(_))
+                    (
+                        toml::Value::Float(_),
+                        toml::Value::Integer(_) | toml::Value::Float(_)
+                    ) | (toml::Value::Integer(_), toml::Value::Integer(_))
                         | (toml::Value::String(_), toml::Value::String(_))
                         | (toml::Value::Boolean(_), toml::Value::Boolean(_))
                         | (toml::Value::Array(_), toml::Value::Array(_))
                 );
                 if !fits {
-                    problems.push(format!("`{name}` must be of type {}, not {}", type_name(expected), type_name(value)));
-                } else if let (toml::Value::Integer(_), toml::Value::Integer(n)) = (expected, value) {
+                    problems.push(format!(
+                        "`{name}` must be of type {}, not {}",
+                        type_name(expected),
+                        type_name(value)
+                    ));
+                } else if let (toml::Value::Integer(_), toml::Value::Integer(n)) = (expected, value)
+                {
                     if *n < 0 {
                         problems.push(format!("`{name}` must not be negative"));
                     }
@@ -195,14 +238,23 @@ mod tests {
         let all = problems.join("\n");
         assert!(all.contains("unknown key `colour`"), "{all}");
         assert!(all.contains("unknown key `series.bogus`"), "{all}");
-        assert!(all.contains("`series.min_slices` must be of type integer"), "{all}");
-        assert!(all.contains("`pipeline.threads` must not be negative"), "{all}");
+        assert!(
+            all.contains("`series.min_slices` must be of type integer"),
+            "{all}"
+        );
+        assert!(
+            all.contains("`pipeline.threads` must not be negative"),
+            "{all}"
+        );
         assert_eq!(problems.len(), 4, "{all}");
     }
 
     #[test]
     fn range_problems_are_reported_together() {
-        let problems = Config::parse("[log]\nformat = 'xml'\n[series]\nmin_slices = 3\nmax_gap_factor = 0.5\n").unwrap_err();
+        let problems = Config::parse(
+            "[log]\nformat = 'xml'\n[series]\nmin_slices = 3\nmax_gap_factor = 0.5\n",
+        )
+        .unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
 
@@ -224,14 +276,21 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/noduled.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let config = Config::parse(&text).unwrap();
-        assert_eq!(config, Config::default(), "the example must show the defaults");
+        assert_eq!(
+            config,
+            Config::default(),
+            "the example must show the defaults"
+        );
         // Every default key appears in the example (uncommented).
         let given: toml::Table = text.parse().unwrap();
         let schema = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in &schema {
             let keys = keys.as_table().unwrap();
             for key in keys.keys() {
-                assert!(given.get(section).and_then(|s| s.get(key)).is_some(), "{section}.{key} missing from the example");
+                assert!(
+                    given.get(section).and_then(|s| s.get(key)).is_some(),
+                    "{section}.{key} missing from the example"
+                );
             }
         }
     }

@@ -75,7 +75,8 @@ impl Geometry {
 /// Solves `m · x = b` by Cramer's rule (3×3, well-conditioned direction matrices).
 fn solve3(m: &[[f64; 3]; 3], b: [f64; 3]) -> [f64; 3] {
     let det = |a: &[[f64; 3]; 3]| {
-        a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+        a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
             + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
     };
     let d = det(m);

@@ -459,6 +459,7 @@ fn phantom_end_to_end_through_the_cli() {
     let series = dir.path().join("series");
     noduled::phantom::write_series(&phantom, &series).expect("phantom written");
     let json = dir.path().join("analysis.json");
+    let sr_path = dir.path().join("report.dcm");
     let seg = book.join("seg_unet.onnx");
     let cls = book.join("nodule_cls.onnx");
     let (code, stdout, stderr) = noduled(
@@ -473,6 +474,8 @@ fn phantom_end_to_end_through_the_cli() {
             "2",
             "--json",
             json.to_str().unwrap(),
+            "--sr",
+            sr_path.to_str().unwrap(),
         ],
         None,
     );
@@ -534,4 +537,26 @@ fn phantom_end_to_end_through_the_cli() {
         phantom.nodules.len()
     );
     assert_eq!(report["seconds"].as_object().map(|s| s.len()), Some(5));
+
+    // `--sr` wrote the same findings and answer as a DICOM SR of the source study.
+    let sr = dicom_object::open_file(&sr_path).expect("SR written");
+    let sr_findings = noduled::dicom::sr::read_findings(&sr).expect("SR findings");
+    assert_eq!(sr_findings.len(), findings.len());
+    for (ours, theirs) in sr_findings.iter().zip(findings) {
+        let xyz: [f64; 3] = serde_json::from_value(theirs["center_xyz"].clone()).unwrap();
+        assert!(xyz_distance(ours.center_xyz, xyz) < 1e-3);
+    }
+    assert_eq!(
+        noduled::dicom::sr::read_answer(&sr),
+        report["malignant_present"].as_bool()
+    );
+    let study = sr
+        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        study.trim_end_matches('\0'),
+        phantom.volume.series.study_uid
+    );
 }

@@ -17,7 +17,14 @@ fn slice(phantom: &Phantom, index: usize) -> Object {
 }
 
 fn small_phantom(slices: usize) -> Phantom {
-    generate(&PhantomSpec { seed: 11, slices, rows: 64, columns: 64, nodules: 1, ..PhantomSpec::default() })
+    generate(&PhantomSpec {
+        seed: 11,
+        slices,
+        rows: 64,
+        columns: 64,
+        nodules: 1,
+        ..PhantomSpec::default()
+    })
 }
 
 /// Writes the phantom's slices, letting `edit` change each (return false to leave a slice out).
@@ -25,7 +32,9 @@ fn write_edited(phantom: &Phantom, dir: &Path, mut edit: impl FnMut(usize, &mut 
     for index in 0..phantom.volume.shape()[0] {
         let mut object = slice(phantom, index);
         if edit(index, &mut object) {
-            object.write_to_file(dir.join(format!("slice{index:04}.dcm"))).expect("slice written");
+            object
+                .write_to_file(dir.join(format!("slice{index:04}.dcm")))
+                .expect("slice written");
         }
     }
 }
@@ -43,13 +52,21 @@ fn refusal_of(dir: &Path) -> Refusal {
 
 /// Runs `noduled info DIR` and checks the refusal surfaces as one error line and a failing exit.
 fn assert_cli_refuses(dir: &Path, reason_part: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_noduled")).arg("info").arg(dir).output().expect("runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_noduled"))
+        .arg("info")
+        .arg(dir)
+        .output()
+        .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "info accepted a refused series");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let lines: Vec<_> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
-    assert!(lines[0].contains(reason_part), "{:?} does not mention {reason_part:?}", lines[0]);
+    assert!(
+        lines[0].contains(reason_part),
+        "{:?} does not mention {reason_part:?}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -60,14 +77,23 @@ fn well_formed_series_loads_back_exactly_whatever_the_file_order() {
     for index in 0..n {
         // Names in an order unrelated to position.
         let name = format!("x{:03}.dcm", (index * 7 + 3) % n);
-        slice(&phantom, index).write_to_file(dir.path().join(name)).unwrap();
+        slice(&phantom, index)
+            .write_to_file(dir.path().join(name))
+            .unwrap();
     }
     let volume = load_series(dir.path(), None).expect("loads");
     assert_eq!(volume.shape(), phantom.volume.shape());
-    assert!(volume.hu == phantom.volume.hu, "HU differ from the generated phantom");
+    assert!(
+        volume.hu == phantom.volume.hu,
+        "HU differ from the generated phantom"
+    );
     for k in 0..3 {
-        assert!((volume.geometry.origin_xyz[k] - phantom.volume.geometry.origin_xyz[k]).abs() < 1e-3);
-        assert!((volume.geometry.spacing_xyz[k] - phantom.volume.geometry.spacing_xyz[k]).abs() < 1e-4);
+        assert!(
+            (volume.geometry.origin_xyz[k] - phantom.volume.geometry.origin_xyz[k]).abs() < 1e-3
+        );
+        assert!(
+            (volume.geometry.spacing_xyz[k] - phantom.volume.geometry.spacing_xyz[k]).abs() < 1e-4
+        );
     }
 }
 
@@ -78,18 +104,38 @@ fn rescale_intercept_and_slope_are_applied() {
     write_edited(&phantom, plain.path(), |_, _| true);
     write_edited(&phantom, shifted.path(), |_, object| {
         // Same stored pixels, slope 2 and intercept moved: HU' = 2·stored + b'.
-        let intercept = object.element(tags::RESCALE_INTERCEPT).unwrap().to_float64().unwrap();
+        let intercept = object
+            .element(tags::RESCALE_INTERCEPT)
+            .unwrap()
+            .to_float64()
+            .unwrap();
         put_str(object, tags::RESCALE_SLOPE, VR::DS, "2");
-        put_str(object, tags::RESCALE_INTERCEPT, VR::DS, &format!("{}", intercept - 500.0));
+        put_str(
+            object,
+            tags::RESCALE_INTERCEPT,
+            VR::DS,
+            &format!("{}", intercept - 500.0),
+        );
         true
     });
     let a = load_series(plain.path(), None).unwrap();
     let b = load_series(shifted.path(), None).unwrap();
-    let intercept = slice(&phantom, 0).element(tags::RESCALE_INTERCEPT).unwrap().to_float64().unwrap() as f32;
-    let slope = slice(&phantom, 0).element(tags::RESCALE_SLOPE).unwrap().to_float64().unwrap() as f32;
+    let intercept = slice(&phantom, 0)
+        .element(tags::RESCALE_INTERCEPT)
+        .unwrap()
+        .to_float64()
+        .unwrap() as f32;
+    let slope = slice(&phantom, 0)
+        .element(tags::RESCALE_SLOPE)
+        .unwrap()
+        .to_float64()
+        .unwrap() as f32;
     for (hu, hu2) in a.hu.iter().zip(b.hu.iter()).step_by(101) {
         let stored = (hu - intercept) / slope;
-        assert!((hu2 - (2.0 * stored + intercept - 500.0)).abs() < 1e-3, "{hu} → {hu2}");
+        assert!(
+            (hu2 - (2.0 * stored + intercept - 500.0)).abs() < 1e-3,
+            "{hu} → {hu2}"
+        );
     }
 }
 
@@ -99,7 +145,12 @@ fn not_ct_is_refused() {
     // An MR series: no CT series at all in the folder.
     let dir = tempfile::tempdir().unwrap();
     write_edited(&phantom, dir.path(), |_, object| {
-        put_str(object, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.4");
+        put_str(
+            object,
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.5.1.4.1.1.4",
+        );
         put_str(object, tags::MODALITY, VR::CS, "MR");
         true
     });
@@ -127,7 +178,10 @@ fn missing_pixel_data_is_refused() {
         }
         true
     });
-    assert!(matches!(refusal_of(dir.path()), Refusal::NoPixelData { .. }));
+    assert!(matches!(
+        refusal_of(dir.path()),
+        Refusal::NoPixelData { .. }
+    ));
     assert_cli_refuses(dir.path(), "no pixel data");
 }
 
@@ -137,12 +191,24 @@ fn truncated_pixel_data_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_edited(&phantom, dir.path(), |index, object| {
         if index == 2 {
-            let bytes = object.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec();
-            object.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes[..bytes.len() / 2].to_vec())));
+            let bytes = object
+                .element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .to_vec();
+            object.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OW,
+                PrimitiveValue::from(bytes[..bytes.len() / 2].to_vec()),
+            ));
         }
         true
     });
-    assert!(matches!(refusal_of(dir.path()), Refusal::UndecodablePixels { .. }));
+    assert!(matches!(
+        refusal_of(dir.path()),
+        Refusal::UndecodablePixels { .. }
+    ));
     assert_cli_refuses(dir.path(), "pixel data");
 }
 
@@ -151,7 +217,12 @@ fn localizer_is_refused() {
     let phantom = small_phantom(8);
     let dir = tempfile::tempdir().unwrap();
     write_edited(&phantom, dir.path(), |_, object| {
-        put_str(object, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\LOCALIZER");
+        put_str(
+            object,
+            tags::IMAGE_TYPE,
+            VR::CS,
+            "ORIGINAL\\PRIMARY\\LOCALIZER",
+        );
         true
     });
     assert_eq!(refusal_of(dir.path()), Refusal::Localizer);
@@ -164,8 +235,18 @@ fn non_axial_orientation_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_edited(&phantom, dir.path(), |index, object| {
         // Coronal: rows along x, columns along -z; slices step along y.
-        put_str(object, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\0\\-1");
-        put_str(object, tags::IMAGE_POSITION_PATIENT, VR::DS, &format!("-100\\{}\\100", index as f64 * 2.0));
+        put_str(
+            object,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            "1\\0\\0\\0\\0\\-1",
+        );
+        put_str(
+            object,
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            &format!("-100\\{}\\100", index as f64 * 2.0),
+        );
         true
     });
     assert!(matches!(refusal_of(dir.path()), Refusal::NonAxial { .. }));
@@ -179,7 +260,12 @@ fn mixed_orientations_are_refused() {
     write_edited(&phantom, dir.path(), |index, object| {
         if index == 3 {
             let (c, s) = (10f64.to_radians().cos(), 10f64.to_radians().sin());
-            put_str(object, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &format!("{c:.6}\\{s:.6}\\0\\{:.6}\\{c:.6}\\0", -s));
+            put_str(
+                object,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                &format!("{c:.6}\\{s:.6}\\0\\{:.6}\\{c:.6}\\0", -s),
+            );
         }
         true
     });
@@ -194,13 +280,29 @@ fn mixed_matrix_sizes_are_refused() {
     write_edited(&phantom, dir.path(), |index, object| {
         if index == 5 {
             // A 32-row slice with its pixel data cut to match: valid on its own, wrong in this series.
-            let bytes = object.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec();
-            object.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(32u16)));
-            object.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes[..32 * 64 * 2].to_vec())));
+            let bytes = object
+                .element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .to_vec();
+            object.put(DataElement::new(
+                tags::ROWS,
+                VR::US,
+                PrimitiveValue::from(32u16),
+            ));
+            object.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OW,
+                PrimitiveValue::from(bytes[..32 * 64 * 2].to_vec()),
+            ));
         }
         true
     });
-    assert!(matches!(refusal_of(dir.path()), Refusal::MixedMatrix { .. }));
+    assert!(matches!(
+        refusal_of(dir.path()),
+        Refusal::MixedMatrix { .. }
+    ));
     assert_cli_refuses(dir.path(), "different matrix sizes");
 }
 
@@ -208,14 +310,22 @@ fn mixed_matrix_sizes_are_refused() {
 fn duplicate_positions_are_refused() {
     let phantom = small_phantom(10);
     let dir = tempfile::tempdir().unwrap();
-    let position = slice(&phantom, 4).element(tags::IMAGE_POSITION_PATIENT).unwrap().to_str().unwrap().to_string();
+    let position = slice(&phantom, 4)
+        .element(tags::IMAGE_POSITION_PATIENT)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     write_edited(&phantom, dir.path(), |index, object| {
         if index == 5 {
             put_str(object, tags::IMAGE_POSITION_PATIENT, VR::DS, &position);
         }
         true
     });
-    assert!(matches!(refusal_of(dir.path()), Refusal::DuplicatePosition { .. }));
+    assert!(matches!(
+        refusal_of(dir.path()),
+        Refusal::DuplicatePosition { .. }
+    ));
     assert_cli_refuses(dir.path(), "same position");
 }
 
@@ -225,7 +335,10 @@ fn a_gap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_edited(&phantom, dir.path(), |index, _| index != 6);
     match refusal_of(dir.path()) {
-        Refusal::Gap { gap_mm, median_step_mm } => assert!((gap_mm / median_step_mm - 2.0).abs() < 1e-3),
+        Refusal::Gap {
+            gap_mm,
+            median_step_mm,
+        } => assert!((gap_mm / median_step_mm - 2.0).abs() < 1e-3),
         other => panic!("expected a gap, got {other}"),
     }
     assert_cli_refuses(dir.path(), "gap");
@@ -237,7 +350,10 @@ fn too_few_slices_are_refused() {
         let phantom = small_phantom(slices);
         let dir = tempfile::tempdir().unwrap();
         write_edited(&phantom, dir.path(), |_, _| true);
-        assert_eq!(refusal_of(dir.path()), Refusal::TooFewSlices { slices, min: 7 });
+        assert_eq!(
+            refusal_of(dir.path()),
+            Refusal::TooFewSlices { slices, min: 7 }
+        );
         assert_cli_refuses(dir.path(), "at least 7");
     }
     let phantom = small_phantom(7);
@@ -257,7 +373,12 @@ fn thick_tilted_and_uneven_series_load_with_warnings() {
         put_str(object, tags::GANTRY_DETECTOR_TILT, VR::DS, "12");
         // Slice 5 moved by 20% of a step: uneven, but not a gap.
         let z = origin[2] + index as f64 * step + if index == 5 { 0.2 * step } else { 0.0 };
-        put_str(object, tags::IMAGE_POSITION_PATIENT, VR::DS, &format!("{:.4}\\{:.4}\\{z:.4}", origin[0], origin[1]));
+        put_str(
+            object,
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            &format!("{:.4}\\{:.4}\\{z:.4}", origin[0], origin[1]),
+        );
         true
     });
     let volume = load_series(dir.path(), None).expect("warned, not refused");
@@ -265,7 +386,11 @@ fn thick_tilted_and_uneven_series_load_with_warnings() {
     assert!(warnings.contains("thicker than"), "{warnings}");
     assert!(warnings.contains("gantry tilt"), "{warnings}");
     assert!(warnings.contains("uneven slice steps"), "{warnings}");
-    let output = Command::new(env!("CARGO_BIN_EXE_noduled")).args(["info", "--json"]).arg(dir.path()).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_noduled"))
+        .args(["info", "--json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["warnings"].as_array().unwrap().len(), 3, "{json}");
@@ -274,7 +399,14 @@ fn thick_tilted_and_uneven_series_load_with_warnings() {
 #[test]
 fn several_series_are_listed_and_one_can_be_picked() {
     let first = small_phantom(8);
-    let second = generate(&PhantomSpec { seed: 12, slices: 9, rows: 64, columns: 64, nodules: 1, ..PhantomSpec::default() });
+    let second = generate(&PhantomSpec {
+        seed: 12,
+        slices: 9,
+        rows: 64,
+        columns: 64,
+        nodules: 1,
+        ..PhantomSpec::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     for (k, phantom) in [&first, &second].into_iter().enumerate() {
         let sub = dir.path().join(format!("s{k}"));
@@ -284,7 +416,10 @@ fn several_series_are_listed_and_one_can_be_picked() {
     let err = load_series(dir.path(), None).unwrap_err();
     assert!(matches!(err, SeriesError::Ambiguous { .. }));
     let message = err.to_string();
-    assert!(message.contains(&first.volume.series.series_uid) && message.contains(&second.volume.series.series_uid));
+    assert!(
+        message.contains(&first.volume.series.series_uid)
+            && message.contains(&second.volume.series.series_uid)
+    );
     let picked = load_series(dir.path(), Some(&second.volume.series.series_uid)).unwrap();
     assert_eq!(picked.shape()[0], 9);
     let output = Command::new(env!("CARGO_BIN_EXE_noduled"))
@@ -292,6 +427,10 @@ fn several_series_are_listed_and_one_can_be_picked() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_cli_refuses(dir.path(), "choose one with --series");
 }

@@ -18,19 +18,45 @@ fn have(tool: &str) -> bool {
 fn convert(from: &Path, to: &Path, tool: &str, options: &[&str]) {
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();
-        let output = Command::new(tool).args(options).arg(&path).arg(to.join(path.file_name().unwrap())).output().unwrap();
-        assert!(output.status.success(), "{tool} failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = Command::new(tool)
+            .args(options)
+            .arg(&path)
+            .arg(to.join(path.file_name().unwrap()))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
 fn transfer_syntax_of(dir: &Path) -> String {
-    let file = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
-    dicom_object::open_file(file).unwrap().meta().transfer_syntax().trim_end_matches('\0').to_string()
+    let file = std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    dicom_object::open_file(file)
+        .unwrap()
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 #[test]
 fn compressed_and_implicit_series_load_identically() {
-    let phantom = generate(&PhantomSpec { seed: 5, slices: 8, rows: 96, columns: 96, nodules: 1, ..PhantomSpec::default() });
+    let phantom = generate(&PhantomSpec {
+        seed: 5,
+        slices: 8,
+        rows: 96,
+        columns: 96,
+        nodules: 1,
+        ..PhantomSpec::default()
+    });
     let original = tempfile::tempdir().unwrap();
     write_series(&phantom, original.path()).unwrap();
     let reference = load_series(original.path(), None).unwrap();
@@ -44,9 +70,16 @@ fn compressed_and_implicit_series_load_identically() {
         }
         let dir = tempfile::tempdir().unwrap();
         convert(original.path(), dir.path(), tool, options);
-        assert_eq!(transfer_syntax_of(dir.path()), syntax, "{tool} wrote another syntax");
+        assert_eq!(
+            transfer_syntax_of(dir.path()),
+            syntax,
+            "{tool} wrote another syntax"
+        );
         let volume = load_series(dir.path(), None).unwrap_or_else(|e| panic!("{syntax}: {e}"));
         assert_eq!(volume.geometry, reference.geometry, "{syntax}");
-        assert!(volume.hu == reference.hu, "{syntax}: voxels differ from the original");
+        assert!(
+            volume.hu == reference.hu,
+            "{syntax}: voxels differ from the original"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use noduled::dicom;
+use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
 use noduled::pipeline::{Analysis, Models, Pipeline, PipelineOptions, Stage};
 use std::io::{IsTerminal, Write};
@@ -54,6 +55,9 @@ pub struct Args {
     /// Also write the analysis as JSON to FILE (`-` for stdout, instead of the table).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also write the findings as a DICOM Comprehensive 3D SR (TID 1500) to FILE.
+    #[arg(long, value_name = "FILE")]
+    sr: Option<PathBuf>,
     /// Worker threads for inference [default: all cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
@@ -151,6 +155,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         seconds = ?analysis.seconds,
         "analysis done"
     );
+
+    if let Some(path) = &args.sr {
+        let sop_instance_uid = sr::write_sr(
+            path,
+            &analysis,
+            &volume.series,
+            &volume.geometry,
+            &SrOptions::default(),
+        )
+        .with_context(|| format!("cannot write the SR {}", path.display()))?;
+        tracing::info!(path = %path.display(), sop_instance_uid, "structured report written");
+    }
 
     let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
     if let Some(path) = &args.json {

@@ -20,7 +20,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             for problem in &problems {
                 eprintln!("{}: {problem}", path.display());
             }
-            eprintln!("noduled: error: {} problem(s) in {}", problems.len(), path.display());
+            eprintln!(
+                "noduled: error: {} problem(s) in {}",
+                problems.len(),
+                path.display()
+            );
             Ok(ExitCode::FAILURE)
         }
         Err(other) => Err(other.into()),

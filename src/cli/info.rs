@@ -22,7 +22,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let volume = dicom::load_series(&args.series_dir, args.series_uid.as_deref())
         .with_context(|| format!("cannot load {}", args.series_dir.display()))?;
     let [slices, rows, columns] = volume.shape();
-    let (min, max) = volume.hu.iter().fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (min, max) = volume
+        .hu
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     let g = &volume.geometry;
     if args.json {
         let report = json!({
@@ -47,9 +50,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "spacing    {:.6} × {:.6} × {:.6} mm (x, y, z)",
         g.spacing_xyz[0], g.spacing_xyz[1], g.spacing_xyz[2]
     );
-    println!("origin     ({:.3}, {:.3}, {:.3}) mm", g.origin_xyz[0], g.origin_xyz[1], g.origin_xyz[2]);
+    println!(
+        "origin     ({:.3}, {:.3}, {:.3}) mm",
+        g.origin_xyz[0], g.origin_xyz[1], g.origin_xyz[2]
+    );
     let d = g.direction_flat();
-    println!("direction  [{:.4} {:.4} {:.4} | {:.4} {:.4} {:.4} | {:.4} {:.4} {:.4}]", d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8]);
+    println!(
+        "direction  [{:.4} {:.4} {:.4} | {:.4} {:.4} {:.4} | {:.4} {:.4} {:.4}]",
+        d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8]
+    );
     if let Some(thickness) = volume.series.slice_thickness_mm {
         println!("thickness  {thickness:.2} mm");
     }

@@ -10,7 +10,11 @@ use noduled::logging::LogFormat;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "noduled", version, about = "Lung-nodule detection beside the CT scanner")]
+#[command(
+    name = "noduled",
+    version,
+    about = "Lung-nodule detection beside the CT scanner"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,7 +15,10 @@ pub enum InstanceError {
     #[error("{path}: not a readable DICOM file: {reason}")]
     Unreadable { path: PathBuf, reason: String },
     #[error("{path}: missing or invalid {attribute}")]
-    Attribute { path: PathBuf, attribute: &'static str },
+    Attribute {
+        path: PathBuf,
+        attribute: &'static str,
+    },
     #[error("{path}: cannot decode pixel data: {reason}")]
     Pixels { path: PathBuf, reason: String },
 }
@@ -65,7 +68,9 @@ impl CtHeader {
 
     /// Whether ImageType marks a localizer (scout / topogram), which is a projection, not a slice.
     pub fn is_localizer(&self) -> bool {
-        self.image_type.iter().any(|v| v.trim().eq_ignore_ascii_case("LOCALIZER"))
+        self.image_type
+            .iter()
+            .any(|v| v.trim().eq_ignore_ascii_case("LOCALIZER"))
     }
 }
 
@@ -85,12 +90,23 @@ impl CtInstance {
 
     /// Writes this slice's Hounsfield units into `out` (rows × columns values).
     pub fn write_hu(&self, out: &mut [f32]) {
-        let (slope, intercept) = (self.header.rescale_slope as f32, self.header.rescale_intercept as f32);
-        let PixelFormat { bits_allocated, bits_stored, signed } = self.format;
+        let (slope, intercept) = (
+            self.header.rescale_slope as f32,
+            self.header.rescale_intercept as f32,
+        );
+        let PixelFormat {
+            bits_allocated,
+            bits_stored,
+            signed,
+        } = self.format;
         match bits_allocated {
             8 => {
                 for (dst, &raw) in out.iter_mut().zip(&self.pixels) {
-                    let value = if signed { f32::from(raw as i8) } else { f32::from(raw) };
+                    let value = if signed {
+                        f32::from(raw as i8)
+                    } else {
+                        f32::from(raw)
+                    };
                     *dst = value * slope + intercept;
                 }
             }
@@ -135,10 +151,17 @@ impl CtHeader {
     /// Reads the header fields from a parsed object (`path` is kept for messages).
     pub fn from_object(obj: &DefaultDicomObject, path: &Path) -> Result<Self, InstanceError> {
         let required = |tag: Tag, attribute: &'static str| {
-            text(obj, tag).ok_or_else(|| InstanceError::Attribute { path: path.to_path_buf(), attribute })
+            text(obj, tag).ok_or_else(|| InstanceError::Attribute {
+                path: path.to_path_buf(),
+                attribute,
+            })
         };
-        let sop_class_uid = text(obj, tags::SOP_CLASS_UID)
-            .unwrap_or_else(|| obj.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string());
+        let sop_class_uid = text(obj, tags::SOP_CLASS_UID).unwrap_or_else(|| {
+            obj.meta()
+                .media_storage_sop_class_uid()
+                .trim_end_matches('\0')
+                .to_string()
+        });
         Ok(CtHeader {
             path: path.to_path_buf(),
             sop_class_uid,
@@ -158,7 +181,8 @@ impl CtHeader {
                 study_time: text(obj, tags::STUDY_TIME).unwrap_or_default(),
                 study_id: text(obj, tags::STUDY_ID).unwrap_or_default(),
                 accession_number: text(obj, tags::ACCESSION_NUMBER).unwrap_or_default(),
-                referring_physician_name: text(obj, tags::REFERRING_PHYSICIAN_NAME).unwrap_or_default(),
+                referring_physician_name: text(obj, tags::REFERRING_PHYSICIAN_NAME)
+                    .unwrap_or_default(),
                 study_description: text(obj, tags::STUDY_DESCRIPTION).unwrap_or_default(),
                 specific_character_set: text(obj, tags::SPECIFIC_CHARACTER_SET).unwrap_or_default(),
             },
@@ -175,7 +199,9 @@ impl CtHeader {
             pixel_spacing: fixed::<2>(obj, tags::PIXEL_SPACING),
             slice_thickness: numbers(obj, tags::SLICE_THICKNESS).and_then(|v| v.first().copied()),
             gantry_tilt: numbers(obj, tags::GANTRY_DETECTOR_TILT).and_then(|v| v.first().copied()),
-            rescale_slope: numbers(obj, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()).unwrap_or(1.0),
+            rescale_slope: numbers(obj, tags::RESCALE_SLOPE)
+                .and_then(|v| v.first().copied())
+                .unwrap_or(1.0),
             rescale_intercept: numbers(obj, tags::RESCALE_INTERCEPT)
                 .and_then(|v| v.first().copied())
                 .unwrap_or(0.0),
@@ -188,33 +214,60 @@ impl CtInstance {
     /// Decodes the pixel data of a parsed CT object (native or any encapsulated syntax that
     /// dicom-pixeldata's pure-Rust decoders handle: JPEG lossless/baseline, RLE).
     pub fn from_object(obj: &DefaultDicomObject, header: CtHeader) -> Result<Self, InstanceError> {
-        let fail = |reason: String| InstanceError::Pixels { path: header.path.clone(), reason };
+        let fail = |reason: String| InstanceError::Pixels {
+            path: header.path.clone(),
+            reason,
+        };
         let decoded = obj.decode_pixel_data().map_err(|e| fail(e.to_string()))?;
         if decoded.samples_per_pixel() != 1 {
-            return Err(fail(format!("{} samples per pixel (CT is monochrome)", decoded.samples_per_pixel())));
+            return Err(fail(format!(
+                "{} samples per pixel (CT is monochrome)",
+                decoded.samples_per_pixel()
+            )));
         }
         if decoded.number_of_frames() != 1 {
-            return Err(fail(format!("{} frames (one slice a file expected)", decoded.number_of_frames())));
+            return Err(fail(format!(
+                "{} frames (one slice a file expected)",
+                decoded.number_of_frames()
+            )));
         }
         let bits_allocated = decoded.bits_allocated();
         if bits_allocated != 8 && bits_allocated != 16 {
-            return Err(fail(format!("{bits_allocated} bits allocated (8 or 16 supported)")));
+            return Err(fail(format!(
+                "{bits_allocated} bits allocated (8 or 16 supported)"
+            )));
         }
         let format = PixelFormat {
             bits_allocated,
             bits_stored: decoded.bits_stored(),
-            signed: matches!(decoded.pixel_representation(), dicom_pixeldata::PixelRepresentation::Signed),
+            signed: matches!(
+                decoded.pixel_representation(),
+                dicom_pixeldata::PixelRepresentation::Signed
+            ),
         };
-        let instance = CtInstance { format, pixels: Vec::new(), header };
+        let instance = CtInstance {
+            format,
+            pixels: Vec::new(),
+            header,
+        };
         let data = decoded.data();
         let expected = instance.expected_len();
         if data.len() < expected {
             return Err(InstanceError::Pixels {
                 path: instance.header.path.clone(),
-                reason: format!("{} bytes of pixel data, {} needed for {}×{}", data.len(), expected, instance.header.rows, instance.header.columns),
+                reason: format!(
+                    "{} bytes of pixel data, {} needed for {}×{}",
+                    data.len(),
+                    expected,
+                    instance.header.rows,
+                    instance.header.columns
+                ),
             });
         }
-        Ok(CtInstance { pixels: data[..expected].to_vec(), ..instance })
+        Ok(CtInstance {
+            pixels: data[..expected].to_vec(),
+            ..instance
+        })
     }
 }
 
@@ -226,24 +279,39 @@ pub enum ReadOutcome {
     /// A CT Image Storage instance without pixel data (kept so the series can be refused clearly).
     CtWithoutPixels(Box<CtHeader>),
     /// A CT image whose pixel data cannot be decoded (truncated, unsupported syntax…).
-    CtUndecodable { header: Box<CtHeader>, reason: String },
+    CtUndecodable {
+        header: Box<CtHeader>,
+        reason: String,
+    },
     /// DICOM, but not a CT image (SR, MR, presentation state…): its SOP class and modality.
-    OtherSopClass { sop_class_uid: String, modality: String },
+    OtherSopClass {
+        sop_class_uid: String,
+        modality: String,
+    },
 }
 
 /// Reads one file: parse, classify, decode pixels of CT images.
 pub fn read_file(path: &Path) -> Result<ReadOutcome, InstanceError> {
-    let obj = dicom_object::open_file(path)
-        .map_err(|e| InstanceError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })?;
+    let obj = dicom_object::open_file(path).map_err(|e| InstanceError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     read_object(&obj, path)
 }
 
 /// Classifies a parsed object and decodes its pixels if it is a CT image.
 pub fn read_object(obj: &DefaultDicomObject, path: &Path) -> Result<ReadOutcome, InstanceError> {
-    let sop_class_uid = text(obj, tags::SOP_CLASS_UID)
-        .unwrap_or_else(|| obj.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string());
+    let sop_class_uid = text(obj, tags::SOP_CLASS_UID).unwrap_or_else(|| {
+        obj.meta()
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string()
+    });
     if sop_class_uid != uids::CT_IMAGE_STORAGE {
-        return Ok(ReadOutcome::OtherSopClass { sop_class_uid, modality: text(obj, tags::MODALITY).unwrap_or_default() });
+        return Ok(ReadOutcome::OtherSopClass {
+            sop_class_uid,
+            modality: text(obj, tags::MODALITY).unwrap_or_default(),
+        });
     }
     let header = CtHeader::from_object(obj, path)?;
     if !header.has_pixel_data {
@@ -251,7 +319,10 @@ pub fn read_object(obj: &DefaultDicomObject, path: &Path) -> Result<ReadOutcome,
     }
     match CtInstance::from_object(obj, header.clone()) {
         Ok(instance) => Ok(ReadOutcome::Ct(Box::new(instance))),
-        Err(InstanceError::Pixels { reason, .. }) => Ok(ReadOutcome::CtUndecodable { header: Box::new(header), reason }),
+        Err(InstanceError::Pixels { reason, .. }) => Ok(ReadOutcome::CtUndecodable {
+            header: Box::new(header),
+            reason,
+        }),
         Err(other) => Err(other),
     }
 }

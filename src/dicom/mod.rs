@@ -24,19 +24,33 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SeriesError {
     #[error("cannot read {path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("no CT image series in {dir} ({summary})")]
     NoCtSeries { dir: PathBuf, summary: String },
     #[error("{} CT series in {dir}: {}; choose one with --series UID", .series.len(), list(.series))]
-    Ambiguous { dir: PathBuf, series: Vec<SeriesSummary> },
+    Ambiguous {
+        dir: PathBuf,
+        series: Vec<SeriesSummary>,
+    },
     #[error("series {uid} is not in {dir} (found: {})", list(.series))]
-    NotFound { dir: PathBuf, uid: String, series: Vec<SeriesSummary> },
+    NotFound {
+        dir: PathBuf,
+        uid: String,
+        series: Vec<SeriesSummary>,
+    },
     #[error("series {uid} refused: {refusal}")]
     Refused { uid: String, refusal: Refusal },
 }
 
 fn list(series: &[SeriesSummary]) -> String {
-    series.iter().map(|s| format!("{} ({} slices)", s.series_uid, s.instances)).collect::<Vec<_>>().join(", ")
+    series
+        .iter()
+        .map(|s| format!("{} ({} slices)", s.series_uid, s.instances))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl SeriesError {
@@ -77,14 +91,20 @@ impl FolderScan {
             .iter()
             .map(|(uid, instances)| SeriesSummary {
                 series_uid: uid.clone(),
-                description: instances.first().and_then(|i| i.header.series_description.clone()),
+                description: instances
+                    .first()
+                    .and_then(|i| i.header.series_description.clone()),
                 instances: instances.len(),
             })
             .chain(
                 self.broken
                     .keys()
                     .filter(|uid| !self.series.contains_key(*uid))
-                    .map(|uid| SeriesSummary { series_uid: uid.clone(), description: None, instances: 0 }),
+                    .map(|uid| SeriesSummary {
+                        series_uid: uid.clone(),
+                        description: None,
+                        instances: 0,
+                    }),
             )
             .collect()
     }
@@ -110,10 +130,19 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>, SeriesError> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
-        let entries = std::fs::read_dir(&folder).map_err(|error| SeriesError::Io { path: folder.clone(), error })?;
+        let entries = std::fs::read_dir(&folder).map_err(|error| SeriesError::Io {
+            path: folder.clone(),
+            error,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|error| SeriesError::Io { path: folder.clone(), error })?;
-            let kind = entry.file_type().map_err(|error| SeriesError::Io { path: entry.path(), error })?;
+            let entry = entry.map_err(|error| SeriesError::Io {
+                path: folder.clone(),
+                error,
+            })?;
+            let kind = entry.file_type().map_err(|error| SeriesError::Io {
+                path: entry.path(),
+                error,
+            })?;
             if kind.is_dir() {
                 pending.push(entry.path());
             } else if kind.is_file() {
@@ -134,24 +163,41 @@ pub fn scan_folder(dir: &Path) -> Result<FolderScan, SeriesError> {
         });
     }
     let files = files_under(dir)?;
-    let outcomes: Vec<_> = files.par_iter().map(|path| (path, instance::read_file(path))).collect();
+    let outcomes: Vec<_> = files
+        .par_iter()
+        .map(|path| (path, instance::read_file(path)))
+        .collect();
     let mut scan = FolderScan::default();
     for (path, outcome) in outcomes {
         match outcome {
-            Ok(ReadOutcome::Ct(instance)) => {
-                scan.series.entry(instance.header.series_uid.clone()).or_default().push(*instance)
-            }
+            Ok(ReadOutcome::Ct(instance)) => scan
+                .series
+                .entry(instance.header.series_uid.clone())
+                .or_default()
+                .push(*instance),
             Ok(ReadOutcome::CtWithoutPixels(header)) => {
                 scan.broken
                     .entry(header.series_uid.clone())
-                    .or_insert(Refusal::NoPixelData { sop_instance_uid: header.sop_instance_uid.clone() });
+                    .or_insert(Refusal::NoPixelData {
+                        sop_instance_uid: header.sop_instance_uid.clone(),
+                    });
             }
             Ok(ReadOutcome::CtUndecodable { header, reason }) => {
-                scan.broken.entry(header.series_uid.clone()).or_insert(Refusal::UndecodablePixels { reason });
+                scan.broken
+                    .entry(header.series_uid.clone())
+                    .or_insert(Refusal::UndecodablePixels { reason });
             }
-            Ok(ReadOutcome::OtherSopClass { sop_class_uid, modality }) => {
-                let name = StandardSopClassDictionary.by_uid(&sop_class_uid).map_or(sop_class_uid.as_str(), |e| e.name);
-                *scan.other.entry(format!("{name} ({modality})")).or_default() += 1;
+            Ok(ReadOutcome::OtherSopClass {
+                sop_class_uid,
+                modality,
+            }) => {
+                let name = StandardSopClassDictionary
+                    .by_uid(&sop_class_uid)
+                    .map_or(sop_class_uid.as_str(), |e| e.name);
+                *scan
+                    .other
+                    .entry(format!("{name} ({modality})"))
+                    .or_default() += 1;
             }
             Err(err) => {
                 tracing::debug!(path = %path.display(), %err, "skipping file");
@@ -168,21 +214,42 @@ pub fn load_series(dir: &Path, series_uid: Option<&str>) -> Result<Volume, Serie
 }
 
 /// [`load_series`] with explicit input rules.
-pub fn load_series_with(dir: &Path, series_uid: Option<&str>, rules: &SeriesRules) -> Result<Volume, SeriesError> {
+pub fn load_series_with(
+    dir: &Path,
+    series_uid: Option<&str>,
+    rules: &SeriesRules,
+) -> Result<Volume, SeriesError> {
     let mut scan = scan_folder(dir)?;
     let summaries = scan.summaries();
     let uid = match series_uid {
         Some(uid) if summaries.iter().any(|s| s.series_uid == uid) => uid.to_string(),
         Some(uid) => {
             if summaries.is_empty() {
-                return Err(SeriesError::NoCtSeries { dir: dir.to_path_buf(), summary: scan.describe_other() });
+                return Err(SeriesError::NoCtSeries {
+                    dir: dir.to_path_buf(),
+                    summary: scan.describe_other(),
+                });
             }
-            return Err(SeriesError::NotFound { dir: dir.to_path_buf(), uid: uid.to_string(), series: summaries });
+            return Err(SeriesError::NotFound {
+                dir: dir.to_path_buf(),
+                uid: uid.to_string(),
+                series: summaries,
+            });
         }
         None => match summaries.len() {
-            0 => return Err(SeriesError::NoCtSeries { dir: dir.to_path_buf(), summary: scan.describe_other() }),
+            0 => {
+                return Err(SeriesError::NoCtSeries {
+                    dir: dir.to_path_buf(),
+                    summary: scan.describe_other(),
+                })
+            }
             1 => summaries[0].series_uid.clone(),
-            _ => return Err(SeriesError::Ambiguous { dir: dir.to_path_buf(), series: summaries }),
+            _ => {
+                return Err(SeriesError::Ambiguous {
+                    dir: dir.to_path_buf(),
+                    series: summaries,
+                })
+            }
         },
     };
     if let Some(refusal) = scan.broken.remove(&uid) {

@@ -46,19 +46,43 @@ impl Default for SeriesRules {
 /// logs, metrics and the daemon's records.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
-    NotCt { modality: String },
-    NoPixelData { sop_instance_uid: String },
-    UndecodablePixels { reason: String },
+    NotCt {
+        modality: String,
+    },
+    NoPixelData {
+        sop_instance_uid: String,
+    },
+    UndecodablePixels {
+        reason: String,
+    },
     Localizer,
-    MissingGeometry { attribute: &'static str },
-    NonAxial { angle_deg: f64 },
+    MissingGeometry {
+        attribute: &'static str,
+    },
+    NonAxial {
+        angle_deg: f64,
+    },
     MixedOrientation,
-    MixedMatrix { first: (usize, usize), other: (usize, usize) },
+    MixedMatrix {
+        first: (usize, usize),
+        other: (usize, usize),
+    },
     MixedPixelSpacing,
-    DuplicatePosition { position_mm: f64 },
-    Gap { gap_mm: f64, median_step_mm: f64 },
-    TooFewSlices { slices: usize, min: usize },
-    TooManySlices { slices: usize, max: usize },
+    DuplicatePosition {
+        position_mm: f64,
+    },
+    Gap {
+        gap_mm: f64,
+        median_step_mm: f64,
+    },
+    TooFewSlices {
+        slices: usize,
+        min: usize,
+    },
+    TooManySlices {
+        slices: usize,
+        max: usize,
+    },
 }
 
 impl Refusal {
@@ -120,7 +144,11 @@ impl fmt::Display for Refusal {
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
@@ -148,38 +176,69 @@ struct Layout {
 /// Checks every rule on the headers and sorts `instances` along the slice normal.
 fn validate_and_sort(instances: &mut [CtInstance], rules: &SeriesRules) -> Result<Layout, Refusal> {
     let first = instances[0].header.clone();
-    if let Some(bad) = instances.iter().find(|i| !i.header.modality.eq_ignore_ascii_case("CT")) {
-        return Err(Refusal::NotCt { modality: bad.header.modality.clone() });
+    if let Some(bad) = instances
+        .iter()
+        .find(|i| !i.header.modality.eq_ignore_ascii_case("CT"))
+    {
+        return Err(Refusal::NotCt {
+            modality: bad.header.modality.clone(),
+        });
     }
     if instances.iter().any(|i| i.header.is_localizer()) {
         return Err(Refusal::Localizer);
     }
     if instances.len() > rules.max_slices {
-        return Err(Refusal::TooManySlices { slices: instances.len(), max: rules.max_slices });
+        return Err(Refusal::TooManySlices {
+            slices: instances.len(),
+            max: rules.max_slices,
+        });
     }
     let matrix = (first.rows, first.columns);
     if matrix.0 == 0 || matrix.1 == 0 {
-        return Err(Refusal::MissingGeometry { attribute: "Rows/Columns" });
+        return Err(Refusal::MissingGeometry {
+            attribute: "Rows/Columns",
+        });
     }
-    if let Some(other) = instances.iter().map(|i| (i.header.rows, i.header.columns)).find(|m| *m != matrix) {
-        return Err(Refusal::MixedMatrix { first: matrix, other });
+    if let Some(other) = instances
+        .iter()
+        .map(|i| (i.header.rows, i.header.columns))
+        .find(|m| *m != matrix)
+    {
+        return Err(Refusal::MixedMatrix {
+            first: matrix,
+            other,
+        });
     }
-    let orientation = first.orientation.ok_or(Refusal::MissingGeometry { attribute: "ImageOrientationPatient" })?;
+    let orientation = first.orientation.ok_or(Refusal::MissingGeometry {
+        attribute: "ImageOrientationPatient",
+    })?;
     for instance in instances.iter() {
         let other = instance
             .header
             .orientation
-            .ok_or(Refusal::MissingGeometry { attribute: "ImageOrientationPatient" })?;
-        if orientation.iter().zip(other).any(|(a, b)| (a - b).abs() > 1e-4) {
+            .ok_or(Refusal::MissingGeometry {
+                attribute: "ImageOrientationPatient",
+            })?;
+        if orientation
+            .iter()
+            .zip(other)
+            .any(|(a, b)| (a - b).abs() > 1e-4)
+        {
             return Err(Refusal::MixedOrientation);
         }
     }
-    let spacing = first.pixel_spacing.ok_or(Refusal::MissingGeometry { attribute: "PixelSpacing" })?;
+    let spacing = first.pixel_spacing.ok_or(Refusal::MissingGeometry {
+        attribute: "PixelSpacing",
+    })?;
     if spacing.iter().any(|s| *s <= 0.0) {
-        return Err(Refusal::MissingGeometry { attribute: "PixelSpacing" });
+        return Err(Refusal::MissingGeometry {
+            attribute: "PixelSpacing",
+        });
     }
     if instances.iter().any(|i| {
-        i.header.pixel_spacing.is_none_or(|s| (s[0] - spacing[0]).abs() > 1e-4 || (s[1] - spacing[1]).abs() > 1e-4)
+        i.header
+            .pixel_spacing
+            .is_none_or(|s| (s[0] - spacing[0]).abs() > 1e-4 || (s[1] - spacing[1]).abs() > 1e-4)
     }) {
         return Err(Refusal::MixedPixelSpacing);
     }
@@ -188,33 +247,55 @@ fn validate_and_sort(instances: &mut [CtInstance], rules: &SeriesRules) -> Resul
     let normal = cross(row_cosine, column_cosine);
     let normal_length = dot(normal, normal).sqrt();
     if normal_length < 0.5 {
-        return Err(Refusal::MissingGeometry { attribute: "ImageOrientationPatient (cosines not orthogonal)" });
+        return Err(Refusal::MissingGeometry {
+            attribute: "ImageOrientationPatient (cosines not orthogonal)",
+        });
     }
-    let angle_deg = (normal[2].abs() / normal_length).clamp(0.0, 1.0).acos().to_degrees();
+    let angle_deg = (normal[2].abs() / normal_length)
+        .clamp(0.0, 1.0)
+        .acos()
+        .to_degrees();
     if angle_deg > rules.max_axial_angle_deg {
         return Err(Refusal::NonAxial { angle_deg });
     }
 
     if instances.iter().any(|i| i.header.position.is_none()) {
-        return Err(Refusal::MissingGeometry { attribute: "ImagePositionPatient" });
+        return Err(Refusal::MissingGeometry {
+            attribute: "ImagePositionPatient",
+        });
     }
     let along_normal = |i: &CtInstance| dot(normal, i.header.position.unwrap_or_default());
     instances.sort_by(|a, b| along_normal(a).total_cmp(&along_normal(b)));
     let positions: Vec<f64> = instances.iter().map(along_normal).collect();
     let steps: Vec<f64> = positions.windows(2).map(|w| w[1] - w[0]).collect();
     if let Some(at) = steps.iter().position(|s| *s < 0.01) {
-        return Err(Refusal::DuplicatePosition { position_mm: positions[at] });
+        return Err(Refusal::DuplicatePosition {
+            position_mm: positions[at],
+        });
     }
     if instances.len() < rules.min_slices {
-        return Err(Refusal::TooFewSlices { slices: instances.len(), min: rules.min_slices });
+        return Err(Refusal::TooFewSlices {
+            slices: instances.len(),
+            min: rules.min_slices,
+        });
     }
     let median_step = median(&steps);
-    if let Some(gap) = steps.iter().copied().find(|s| *s > rules.max_gap_factor * median_step) {
-        return Err(Refusal::Gap { gap_mm: gap, median_step_mm: median_step });
+    if let Some(gap) = steps
+        .iter()
+        .copied()
+        .find(|s| *s > rules.max_gap_factor * median_step)
+    {
+        return Err(Refusal::Gap {
+            gap_mm: gap,
+            median_step_mm: median_step,
+        });
     }
 
     let mut warnings = Vec::new();
-    let thickness = first.slice_thickness.unwrap_or(median_step).max(median_step);
+    let thickness = first
+        .slice_thickness
+        .unwrap_or(median_step)
+        .max(median_step);
     if thickness > rules.warn_thickness_mm {
         warnings.push(format!(
             "slices of {thickness:.2} mm are thicker than the {:.1} mm the models were trained on",
@@ -224,7 +305,10 @@ fn validate_and_sort(instances: &mut [CtInstance], rules: &SeriesRules) -> Resul
     // Tilt shows as a non-axial normal, a GantryDetectorTilt value, or positions that drift sideways
     // (a sheared stack: the step between slices is not along the normal).
     let first_position = instances[0].header.position.unwrap_or_default();
-    let last_position = instances[instances.len() - 1].header.position.unwrap_or_default();
+    let last_position = instances[instances.len() - 1]
+        .header
+        .position
+        .unwrap_or_default();
     let travel = [
         last_position[0] - first_position[0],
         last_position[1] - first_position[1],
@@ -238,9 +322,15 @@ fn validate_and_sort(instances: &mut [CtInstance], rules: &SeriesRules) -> Resul
     if tilt > 0.5 {
         warnings.push(format!("gantry tilt of {tilt:.1}°"));
     }
-    let (min_step, max_step) = steps.iter().fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
-    if (max_step - median_step).max(median_step - min_step) > rules.uneven_step_fraction * median_step {
-        warnings.push(format!("uneven slice steps ({min_step:.2} to {max_step:.2} mm)"));
+    let (min_step, max_step) = steps
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+    if (max_step - median_step).max(median_step - min_step)
+        > rules.uneven_step_fraction * median_step
+    {
+        warnings.push(format!(
+            "uneven slice steps ({min_step:.2} to {max_step:.2} mm)"
+        ));
     }
 
     let geometry = Geometry {
@@ -258,13 +348,19 @@ fn validate_and_sort(instances: &mut [CtInstance], rules: &SeriesRules) -> Resul
 /// Validates a series' instances, sorts them along the slice normal and converts them to HU.
 pub fn assemble(mut instances: Vec<CtInstance>, rules: &SeriesRules) -> Result<Volume, Refusal> {
     if instances.is_empty() {
-        return Err(Refusal::TooFewSlices { slices: 0, min: rules.min_slices });
+        return Err(Refusal::TooFewSlices {
+            slices: 0,
+            min: rules.min_slices,
+        });
     }
     let layout = validate_and_sort(&mut instances, rules)?;
     let (rows, columns) = (instances[0].header.rows, instances[0].header.columns);
     let mut hu = Array3::<f32>::zeros((instances.len(), rows, columns));
     if let Some(voxels) = hu.as_slice_mut() {
-        voxels.par_chunks_mut(rows * columns).zip(instances.par_iter()).for_each(|(out, instance)| instance.write_hu(out));
+        voxels
+            .par_chunks_mut(rows * columns)
+            .zip(instances.par_iter())
+            .for_each(|(out, instance)| instance.write_hu(out));
     }
     let first = &instances[0].header;
     let series = SeriesInfo {
@@ -285,7 +381,11 @@ pub fn assemble(mut instances: Vec<CtInstance>, rules: &SeriesRules) -> Result<V
             .collect(),
         warnings: layout.warnings,
     };
-    Ok(Volume { hu, geometry: layout.geometry, series })
+    Ok(Volume {
+        hu,
+        geometry: layout.geometry,
+        series,
+    })
 }
 
 #[cfg(test)]

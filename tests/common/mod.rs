@@ -10,7 +10,10 @@ pub fn shared() -> Option<PathBuf> {
     if path.join("data/lidc").is_dir() {
         Some(path)
     } else {
-        eprintln!("skipping: {} is absent (the real LIDC CTs live there)", path.display());
+        eprintln!(
+            "skipping: {} is absent (the real LIDC CTs live there)",
+            path.display()
+        );
         None
     }
 }
@@ -34,9 +37,15 @@ pub fn read_annotations(path: &std::path::Path) -> Vec<Annotation> {
             let f: Vec<&str> = line.split(',').collect();
             Annotation {
                 series_uid: f[0].to_string(),
-                xyz: [f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap()],
+                xyz: [
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                ],
                 diameter_mm: f[4].parse().unwrap(),
-                malignant: f.get(5).is_some_and(|v| v.trim() == "1" || v.trim().eq_ignore_ascii_case("true")),
+                malignant: f
+                    .get(5)
+                    .is_some_and(|v| v.trim() == "1" || v.trim().eq_ignore_ascii_case("true")),
             }
         })
         .collect()
