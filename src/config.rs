@@ -101,10 +101,9 @@ impl Config {
             .map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
         let schema = toml::Table::try_from(Config::default()).map_err(|e| vec![e.to_string()])?;
         let mut problems = Vec::new();
-        compare("", &table, &schema, &mut problems);
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        let mut table = table;
+        // Bad keys are recorded and dropped so the remaining values still get their range checks.
+        compare("", &mut table, &schema, &mut problems);
         let config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| vec![one_line(&e.to_string())])?;
@@ -177,9 +176,17 @@ fn type_name(value: &toml::Value) -> &'static str {
     value.type_str()
 }
 
-/// Records unknown keys and type mismatches of `given` against the default `schema`.
-fn compare(prefix: &str, given: &toml::Table, schema: &toml::Table, problems: &mut Vec<String>) {
-    for (key, value) in given {
+/// Records unknown keys and type mismatches of `given` against the default `schema`, and removes
+/// them from `given` (their defaults then apply) so that the rest can still be checked.
+fn compare(
+    prefix: &str,
+    given: &mut toml::Table,
+    schema: &toml::Table,
+    problems: &mut Vec<String>,
+) {
+    let mut bad = Vec::new();
+    for (key, value) in given.iter_mut() {
+        let before = problems.len();
         let name = if prefix.is_empty() {
             key.clone()
         } else {
@@ -188,13 +195,17 @@ fn compare(prefix: &str, given: &toml::Table, schema: &toml::Table, problems: &m
         match schema.get(key) {
             None => problems.push(format!("unknown key `{name}`")),
             Some(toml::Value::Table(inner)) => match value {
-                toml::Value::Table(given_inner) => compare(&name, given_inner, inner, problems),
+                toml::Value::Table(given_inner) => {
+                    compare(&name, given_inner, inner, problems);
+                    continue;
+                }
                 other => problems.push(format!(
                     "`{name}` must be a table, not of type {}",
                     type_name(other)
                 )),
             },
             Some(expected) => {
+                let value: &toml::Value = value;
                 let fits = matches!(
                     (expected, value),
                     (
@@ -219,6 +230,12 @@ fn compare(prefix: &str, given: &toml::Table, schema: &toml::Table, problems: &m
                 }
             }
         }
+        if problems.len() > before {
+            bad.push(key.clone());
+        }
+    }
+    for key in bad {
+        given.remove(&key);
     }
 }
 
@@ -246,7 +263,11 @@ mod tests {
             all.contains("`pipeline.threads` must not be negative"),
             "{all}"
         );
-        assert_eq!(problems.len(), 4, "{all}");
+        assert!(
+            all.contains("log.format must be auto, human or json"),
+            "{all}"
+        );
+        assert_eq!(problems.len(), 5, "{all}");
     }
 
     #[test]
