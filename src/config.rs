@@ -48,7 +48,7 @@ pub struct PipelineConfig {
     /// Nodule classifier file name inside `models_dir`, or an absolute path.
     pub nodule_model: PathBuf,
     /// Malignancy model file name inside `models_dir`, an absolute path, or `diameter` (the book's
-    /// diameter baseline).
+    /// diameter baseline). The default file falls back to the baseline while it does not exist.
     pub malignancy_model: String,
     /// Worker threads for inference; 0 means all cores.
     pub threads: usize,
@@ -60,7 +60,7 @@ impl Default for PipelineConfig {
             models_dir: PathBuf::from("models"),
             segmentation_model: PathBuf::from("segmentation.onnx"),
             nodule_model: PathBuf::from("nodule.onnx"),
-            malignancy_model: "diameter".into(),
+            malignancy_model: "malignancy.onnx".into(),
             threads: 0,
         }
     }

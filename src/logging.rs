@@ -13,10 +13,24 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` wins over `verbose` (0 info, 1 debug, 2+ trace).
-pub fn init(format: LogFormat, verbose: u8) {
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(LogFormat::Auto),
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}")),
+        }
+    }
+}
+
+/// Installs the global subscriber. `RUST_LOG` wins over `verbose` (1 debug, 2+ trace), which wins
+/// over `level` (the configuration's filter).
+pub fn init(format: LogFormat, verbose: u8, level: &str) {
     let default = match verbose {
-        0 => "info",
+        0 => level,
         1 => "debug",
         _ => "trace",
     };

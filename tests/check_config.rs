@@ -47,3 +47,45 @@ fn bad_config_lists_every_problem_and_fails() {
     let (ok, _, stderr) = check(&dir.path().join("absent.toml"));
     assert!(!ok && stderr.lines().count() == 1, "{stderr}");
 }
+
+#[test]
+fn config_file_rules_apply_to_info_and_bad_config_stops_early() {
+    use noduled::phantom::{generate, write_series, PhantomSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let series = dir.path().join("series");
+    let phantom = generate(&PhantomSpec {
+        seed: 2,
+        slices: 10,
+        rows: 64,
+        columns: 64,
+        nodules: 1,
+        ..PhantomSpec::default()
+    });
+    write_series(&phantom, &series).unwrap();
+    let config = dir.path().join("strict.toml");
+    std::fs::write(&config, "[series]\nmin_slices = 12\n").unwrap();
+    let run = |extra: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_noduled"))
+            .args(extra)
+            .arg("info")
+            .arg(&series)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        run(&[]).status.success(),
+        "10 slices pass the default rules"
+    );
+    let strict = run(&["--config".as_ref(), config.as_os_str()]);
+    assert!(!strict.status.success());
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("at least 12"));
+    std::fs::write(&config, "[series]\nmin_slices = 'x'\n").unwrap();
+    let bad = run(&["--config".as_ref(), config.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && stderr.lines().count() == 1
+            && stderr.contains("series.min_slices"),
+        "{stderr}"
+    );
+}

@@ -2,6 +2,7 @@
 //! nodules present?", as a findings table (and optionally JSON).
 
 use anyhow::Context;
+use noduled::config::{Config, PipelineConfig};
 use noduled::dicom;
 use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
@@ -11,18 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// Where default models are looked for (relative to the working directory).
-const DEFAULT_MODEL_DIR: &str = "models";
-const DEFAULT_SEG: &str = "segmentation.onnx";
-const DEFAULT_NODULE: &str = "nodule.onnx";
-const DEFAULT_MALIGNANCY: &str = "malignancy.onnx";
 /// The `--malignancy-model` value selecting the diameter baseline.
 const DIAMETER: &str = "diameter";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
 Models: defaults are models/segmentation.onnx, models/nodule.onnx and models/malignancy.onnx \
-(relative to the working directory). No default models ship yet, so --seg-model and --nodule-model \
+(relative to the working directory; `[pipeline]` in --config FILE changes them). No default models ship yet, so --seg-model and --nodule-model \
 are required until they do, e.g. with the book's models:
   --seg-model ../shared/models/book/seg_unet.onnx --nodule-model ../shared/models/book/nodule_cls.onnx
 
@@ -66,17 +62,16 @@ pub struct Args {
     exact: bool,
 }
 
-/// The model at `flag`, or the default one if it exists, or an error telling to pass the flag.
+/// The model at `flag`, or the configured default if it exists, or an error telling to pass the flag.
 fn model_path(
     given: Option<&Path>,
-    default_file: &str,
+    default: PathBuf,
     flag: &str,
     example: &str,
 ) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_path_buf());
     }
-    let default = Path::new(DEFAULT_MODEL_DIR).join(default_file);
     if default.is_file() {
         return Ok(default);
     }
@@ -86,23 +81,29 @@ fn model_path(
     )
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     let seg = model_path(
         args.seg_model.as_deref(),
-        DEFAULT_SEG,
+        config.model_path(&config.pipeline.segmentation_model),
         "--seg-model",
         "../shared/models/book/seg_unet.onnx",
     )?;
     let nodule = model_path(
         args.nodule_model.as_deref(),
-        DEFAULT_NODULE,
+        config.model_path(&config.pipeline.nodule_model),
         "--nodule-model",
         "../shared/models/book/nodule_cls.onnx",
     )?;
     let malignancy = match args.malignancy_model.as_deref() {
         Some(DIAMETER) => None,
         Some(path) => Some(PathBuf::from(path)),
-        None => Some(Path::new(DEFAULT_MODEL_DIR).join(DEFAULT_MALIGNANCY)).filter(|p| p.is_file()),
+        None => match config.pipeline.malignancy_model.as_str() {
+            DIAMETER => None,
+            // The default file name falls back to the baseline while no model ships; a file the
+            // operator configured must exist (Models::load says so when it does not).
+            file => Some(config.model_path(Path::new(file)))
+                .filter(|p| p.is_file() || file != PipelineConfig::default().malignancy_model),
+        },
     };
 
     let engine = engine::default_engine();
@@ -110,13 +111,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot load the models")?;
     let options = PipelineOptions {
         exact: args.exact,
-        threads: args.threads.map_or(0, usize::from),
+        threads: args.threads.map_or(config.pipeline.threads, usize::from),
     };
     let pipeline = Pipeline::new(models, options, engine.name())?;
 
     let started = Instant::now();
-    let volume = dicom::load_series(&args.series_dir, args.series_uid.as_deref())
-        .with_context(|| format!("cannot load {}", args.series_dir.display()))?;
+    let volume =
+        dicom::load_series_with(&args.series_dir, args.series_uid.as_deref(), &config.series)
+            .with_context(|| format!("cannot load {}", args.series_dir.display()))?;
     let load_s = started.elapsed().as_secs_f64();
     tracing::info!(
         series = %volume.series.series_uid,

@@ -1,6 +1,7 @@
 //! `noduled info`: load a CT series folder and show what the pipeline would see.
 
 use anyhow::Context;
+use noduled::config::Config;
 use noduled::dicom;
 use serde_json::json;
 use std::path::PathBuf;
@@ -18,9 +19,10 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let volume = dicom::load_series(&args.series_dir, args.series_uid.as_deref())
-        .with_context(|| format!("cannot load {}", args.series_dir.display()))?;
+pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
+    let volume =
+        dicom::load_series_with(&args.series_dir, args.series_uid.as_deref(), &config.series)
+            .with_context(|| format!("cannot load {}", args.series_dir.display()))?;
     let [slices, rows, columns] = volume.shape();
     let (min, max) = volume
         .hu

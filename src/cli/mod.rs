@@ -6,6 +6,7 @@ mod info;
 mod phantom;
 
 use clap::{Parser, Subcommand};
+use noduled::config::Config;
 use noduled::logging::LogFormat;
 use std::process::ExitCode;
 
@@ -21,6 +22,9 @@ pub struct Cli {
     /// Log format on stderr: `auto` is human on a terminal and JSON otherwise.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+    /// Configuration file (TOML; see config/noduled.toml). Without it every key has its default.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// More log detail (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -38,10 +42,18 @@ enum Command {
     CheckConfig(check_config::Args),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The configuration: loaded once from `--config`, or the defaults.
+pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    })
+}
+
+pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Info(args) => info::run(args),
-        Command::Analyze(args) => analyze::run(args),
+        Command::Info(args) => info::run(args, config),
+        Command::Analyze(args) => analyze::run(args, config),
         Command::Phantom(args) => phantom::run(args),
         Command::CheckConfig(args) => check_config::run(args),
     }
