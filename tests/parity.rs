@@ -6,8 +6,7 @@
 
 mod common;
 
-use noduled::engine;
-use noduled::pipeline::{Analysis, Models, Pipeline, PipelineOptions};
+use noduled::pipeline::{Analysis, Pipeline, PipelineOptions};
 use serde::Deserialize;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -30,15 +29,13 @@ fn pipeline(shared: &Path) -> &'static Pipeline {
     static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
     PIPELINE.get_or_init(|| {
         let book = shared.join("models/book");
-        let engine = engine::default_engine();
-        let models = Models::load(
-            engine.as_ref(),
+        Pipeline::load(
             &book.join("seg_unet.onnx"),
             &book.join("nodule_cls.onnx"),
             None,
+            PipelineOptions::default(),
         )
-        .expect("book models load");
-        Pipeline::new(models, PipelineOptions::default(), engine.name()).expect("worker pool")
+        .expect("book models load")
     })
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use dicom_dictionary_std::tags;
 use noduled::dicom::sr::{self, SrError, SrFinding, SrOptions};
-use noduled::engine::{self, ModelRole};
+use noduled::engine::ModelRole;
 use noduled::phantom::{self, Phantom, PhantomSpec};
 use noduled::pipeline::{Analysis, Finding, ModelIdentity, StageSeconds};
 use noduled::{Geometry, SeriesInfo};
@@ -555,20 +555,13 @@ fn lidc_idri_0003_report() {
     }
     let volume = noduled::dicom::load_series(&common::lidc_case(&shared, "LIDC-IDRI-0003"), None)
         .expect("series loads");
-    let engine = engine::default_engine();
-    let models = noduled::pipeline::Models::load(
-        engine.as_ref(),
+    let pipeline = noduled::pipeline::Pipeline::load(
         &book.join("seg_unet.onnx"),
         &book.join("nodule_cls.onnx"),
         None,
+        noduled::pipeline::PipelineOptions::default(),
     )
     .expect("book models load");
-    let pipeline = noduled::pipeline::Pipeline::new(
-        models,
-        noduled::pipeline::PipelineOptions::default(),
-        engine.name(),
-    )
-    .expect("worker pool");
     let analysis = pipeline
         .analyze(&volume, &|_, _, _| {})
         .expect("pipeline runs");

@@ -6,7 +6,7 @@ use noduled::config::{Config, PipelineConfig};
 use noduled::dicom;
 use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
-use noduled::pipeline::{Analysis, Models, Pipeline, PipelineOptions, Stage};
+use noduled::pipeline::{Analysis, Pipeline, PipelineOptions, Stage};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -106,14 +106,12 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         },
     };
 
-    let engine = engine::default_engine();
-    let models = Models::load(engine.as_ref(), &seg, &nodule, malignancy.as_deref())
-        .context("cannot load the models")?;
     let options = PipelineOptions {
         exact: args.exact,
         threads: args.threads.map_or(config.pipeline.threads, usize::from),
     };
-    let pipeline = Pipeline::new(models, options, engine.name())?;
+    let pipeline = Pipeline::load(&seg, &nodule, malignancy.as_deref(), options)
+        .context("cannot load the models")?;
 
     let started = Instant::now();
     let volume =

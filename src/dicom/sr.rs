@@ -859,13 +859,15 @@ fn image(relationship: &str, class: &str, instance: &str) -> InMemDicomObject {
     item
 }
 
-fn scoord(
+/// A SCOORD or SCOORD3D content item: graphic type and data (FL) under `concept`.
+fn graphic_item(
     relationship: &str,
+    value_type: &str,
     concept: &Code,
     graphic_type: &str,
     data: &[f32],
 ) -> InMemDicomObject {
-    let mut item = content_item(relationship, "SCOORD", Some(concept));
+    let mut item = content_item(relationship, value_type, Some(concept));
     put_str(&mut item, tags::GRAPHIC_TYPE, VR::CS, graphic_type);
     item.put(DataElement::new(
         tags::GRAPHIC_DATA,
@@ -875,6 +877,15 @@ fn scoord(
     item
 }
 
+fn scoord(
+    relationship: &str,
+    concept: &Code,
+    graphic_type: &str,
+    data: &[f32],
+) -> InMemDicomObject {
+    graphic_item(relationship, "SCOORD", concept, graphic_type, data)
+}
+
 fn scoord3d(
     relationship: &str,
     concept: &Code,
@@ -882,19 +893,13 @@ fn scoord3d(
     data: &[f32],
     frame: &str,
 ) -> InMemDicomObject {
-    let mut item = content_item(relationship, "SCOORD3D", Some(concept));
+    let mut item = graphic_item(relationship, "SCOORD3D", concept, graphic_type, data);
     put_str(
         &mut item,
         tags::REFERENCED_FRAME_OF_REFERENCE_UID,
         VR::UI,
         frame,
     );
-    put_str(&mut item, tags::GRAPHIC_TYPE, VR::CS, graphic_type);
-    item.put(DataElement::new(
-        tags::GRAPHIC_DATA,
-        VR::FL,
-        PrimitiveValue::F32(data.iter().copied().collect()),
-    ));
     item
 }
 

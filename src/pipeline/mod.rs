@@ -260,6 +260,19 @@ impl std::fmt::Debug for Pipeline {
 pub type ProgressFn<'a> = &'a (dyn Fn(Stage, usize, usize) + Sync);
 
 impl Pipeline {
+    /// Loads the model files with the default engine and starts the worker pool: what the CLI,
+    /// the daemon and the tests need (`malignancy: None` is the diameter baseline).
+    pub fn load(
+        segmentation: &Path,
+        nodule: &Path,
+        malignancy: Option<&Path>,
+        options: PipelineOptions,
+    ) -> Result<Pipeline, PipelineError> {
+        let engine = engine::default_engine();
+        let models = Models::load(engine.as_ref(), segmentation, nodule, malignancy)?;
+        Pipeline::new(models, options, engine.name())
+    }
+
     /// A pipeline over `models` with a pool of `options.threads` workers (0: one per core).
     /// `engine` names the runtime in reports (see [`Engine::name`]).
     pub fn new(
