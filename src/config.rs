@@ -16,6 +16,7 @@ pub struct Config {
     pub log: LogConfig,
     pub series: SeriesRules,
     pub pipeline: PipelineConfig,
+    pub server: ServerConfig,
 }
 
 /// `[log]`: where and how much to log.
@@ -62,6 +63,213 @@ impl Default for PipelineConfig {
             nodule_model: PathBuf::from("nodule.onnx"),
             malignancy_model: "malignancy.onnx".into(),
             threads: 0,
+        }
+    }
+}
+
+/// `[server]`: the DICOM service (`noduled serve`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Our AE title; associations calling another title are rejected.
+    pub ae_title: String,
+    /// Address to listen on. Loopback unless you mean to accept the network.
+    pub bind: String,
+    pub port: u16,
+    /// Calling AE titles allowed to associate, as `AE` or `AE@host`; empty allows any (then rely
+    /// on `bind`/the firewall).
+    pub allowed_calling_aes: Vec<String>,
+    /// Peers we send to (C-MOVE destinations, auto-forward), as `AE@host:port`.
+    pub destinations: Vec<String>,
+    /// AE titles from `destinations` that receive every new report automatically.
+    pub forward_reports_to: Vec<String>,
+    /// Where the index and the spool live.
+    pub state_dir: PathBuf,
+    /// A series is complete this many seconds after its last instance (and no association is
+    /// still sending to it).
+    pub completion_seconds: f64,
+    /// Concurrent associations; more are refused at connect.
+    pub max_associations: usize,
+    /// Largest PDU we accept, in bytes.
+    pub max_pdu_bytes: u32,
+    /// Largest single instance we accept, in MB (larger: status 0xA700).
+    pub max_instance_mb: u64,
+    /// Largest series, in instances (more: refused with a recorded reason).
+    pub max_series_instances: u64,
+    /// Refuse new instances (0xA700) when free space falls below this many MB.
+    pub min_free_disk_mb: u64,
+    /// Seconds to wait for the association request, and for the release.
+    pub artim_seconds: f64,
+    /// Seconds to wait for the next PDU in the middle of a message.
+    pub dimse_timeout_seconds: f64,
+    /// Seconds an association may sit idle between messages.
+    pub idle_timeout_seconds: f64,
+    /// Analysis workers (each holds one CT in memory).
+    pub workers: usize,
+    /// On SIGTERM, seconds open associations get to finish.
+    pub shutdown_grace_seconds: f64,
+    /// `host:port` of the HTTP endpoint (`/healthz`, `/metrics`, `/status`); empty disables it.
+    pub http: String,
+    /// A folder watched for DICOM files to ingest; empty disables it.
+    pub drop_folder: PathBuf,
+    /// Source images of analysed series are deleted after this many days; 0 keeps them.
+    pub retention_days: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            ae_title: "NODULED".into(),
+            bind: "127.0.0.1".into(),
+            port: 11112,
+            allowed_calling_aes: Vec::new(),
+            destinations: Vec::new(),
+            forward_reports_to: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/noduled"),
+            completion_seconds: 10.0,
+            max_associations: 16,
+            max_pdu_bytes: 65536,
+            max_instance_mb: 64,
+            max_series_instances: 2000,
+            min_free_disk_mb: 1024,
+            artim_seconds: 30.0,
+            dimse_timeout_seconds: 60.0,
+            idle_timeout_seconds: 300.0,
+            workers: 1,
+            shutdown_grace_seconds: 30.0,
+            http: "127.0.0.1:8080".into(),
+            drop_folder: PathBuf::new(),
+            retention_days: 0.0,
+        }
+    }
+}
+
+/// A peer we send to, parsed from `AE@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Destination {
+    /// Parses `AE@host:port`.
+    pub fn parse(text: &str) -> Result<Destination, String> {
+        let (ae, address) = text
+            .split_once('@')
+            .ok_or_else(|| format!("destination {text:?} is not AE@host:port"))?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("destination {text:?} has no :port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("destination {text:?} has a bad port"))?;
+        check_ae_title(ae)?;
+        if host.is_empty() {
+            return Err(format!("destination {text:?} has no host"));
+        }
+        Ok(Destination {
+            ae_title: ae.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// `AE@host:port`, the form dicom-ul connects to.
+    pub fn address(&self) -> String {
+        format!("{}@{}:{}", self.ae_title, self.host, self.port)
+    }
+}
+
+/// An allowed calling AE, parsed from `AE` or `AE@host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedPeer {
+    pub ae_title: String,
+    pub host: Option<String>,
+}
+
+impl AllowedPeer {
+    pub fn parse(text: &str) -> Result<AllowedPeer, String> {
+        let (ae, host) = match text.split_once('@') {
+            Some((ae, host)) => (ae, Some(host.to_string())),
+            None => (text, None),
+        };
+        check_ae_title(ae)?;
+        Ok(AllowedPeer {
+            ae_title: ae.to_string(),
+            host,
+        })
+    }
+}
+
+/// AE titles: 1-16 characters of the default repertoire, no backslash, not all spaces.
+pub fn check_ae_title(ae: &str) -> Result<(), String> {
+    if ae.trim().is_empty() || ae.len() > 16 || ae.chars().any(|c| c.is_control() || c == '\\' || !c.is_ascii()) {
+        return Err(format!("{ae:?} is not a valid AE title (1-16 ASCII characters, no backslash)"));
+    }
+    Ok(())
+}
+
+impl ServerConfig {
+    /// The destinations table, parsed.
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.destinations
+            .iter()
+            .filter_map(|d| Destination::parse(d).ok())
+            .collect()
+    }
+
+    /// The allow-list, parsed.
+    pub fn allowed_peers(&self) -> Vec<AllowedPeer> {
+        self.allowed_calling_aes
+            .iter()
+            .filter_map(|p| AllowedPeer::parse(p).ok())
+            .collect()
+    }
+
+    fn check(&self, problems: &mut Vec<String>) {
+        if let Err(e) = check_ae_title(&self.ae_title) {
+            problems.push(format!("server.ae_title: {e}"));
+        }
+        for d in &self.destinations {
+            if let Err(e) = Destination::parse(d) {
+                problems.push(format!("server.destinations: {e}"));
+            }
+        }
+        for p in &self.allowed_calling_aes {
+            if let Err(e) = AllowedPeer::parse(p) {
+                problems.push(format!("server.allowed_calling_aes: {e}"));
+            }
+        }
+        let known: Vec<String> = self.destinations().into_iter().map(|d| d.ae_title).collect();
+        for f in &self.forward_reports_to {
+            if !known.contains(f) {
+                problems.push(format!("server.forward_reports_to: {f:?} is not in server.destinations"));
+            }
+        }
+        for (name, value) in [
+            ("completion_seconds", self.completion_seconds),
+            ("artim_seconds", self.artim_seconds),
+            ("dimse_timeout_seconds", self.dimse_timeout_seconds),
+            ("idle_timeout_seconds", self.idle_timeout_seconds),
+            ("shutdown_grace_seconds", self.shutdown_grace_seconds),
+            ("retention_days", self.retention_days),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                problems.push(format!("server.{name} must be a non-negative number"));
+            }
+        }
+        if self.max_associations == 0 {
+            problems.push("server.max_associations must be at least 1".into());
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.max_pdu_bytes) {
+            problems.push("server.max_pdu_bytes must be between 4096 and 16777216".into());
+        }
+        if self.max_instance_mb == 0 || self.max_series_instances == 0 {
+            problems.push("server.max_instance_mb and max_series_instances must be at least 1".into());
+        }
+        if !self.http.is_empty() && self.http.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("server.http {:?} is not host:port", self.http));
         }
     }
 }
@@ -153,6 +361,7 @@ impl Config {
         if s.uneven_step_fraction.is_nan() || s.uneven_step_fraction < 0.0 {
             problems.push("series.uneven_step_fraction must not be negative".into());
         }
+        self.server.check(problems);
         if self.pipeline.malignancy_model.trim().is_empty() {
             problems.push("pipeline.malignancy_model must be `diameter` or a model file".into());
         }

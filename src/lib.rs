@@ -10,6 +10,8 @@ pub mod engine;
 pub mod logging;
 pub mod phantom;
 pub mod pipeline;
+pub mod server;
+pub mod store;
 pub mod uid;
 pub mod volume;
 

@@ -2,8 +2,10 @@
 
 mod analyze;
 mod check_config;
+mod demo;
 mod info;
 mod phantom;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use noduled::config::Config;
@@ -40,6 +42,10 @@ enum Command {
     Phantom(phantom::Args),
     /// Validate a configuration file, reporting every bad key at once.
     CheckConfig(check_config::Args),
+    /// Run the DICOM service: receive CTs, analyse complete series, serve the SRs to the PACS.
+    Serve(serve::Args),
+    /// Phantom → service → C-STORE → analysis → SR, in one command: the product end to end.
+    Demo(demo::Args),
 }
 
 /// The configuration: loaded once from `--config`, or the defaults.
@@ -56,5 +62,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Analyze(args) => analyze::run(args, config),
         Command::Phantom(args) => phantom::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Serve(args) => serve::run(args, config),
+        Command::Demo(args) => demo::run(args, config),
     }
 }

@@ -104,6 +104,9 @@ pub struct SrOptions {
     pub series_description: String,
     /// `(YYYYMMDD, HHMMSS)` UTC for Content/Series/Instance Creation Date and Time; `None` = now.
     pub clock: Option<(String, String)>,
+    /// `(SeriesInstanceUID, SOPInstanceUID)` of the report; `None` = fresh ones. The daemon derives
+    /// them from the source series so a re-run after a crash rewrites the same report, not a second.
+    pub uids: Option<(String, String)>,
 }
 
 impl Default for SrOptions {
@@ -131,6 +134,7 @@ impl SrOptions {
             instance_number: 1,
             series_description: "noduled lung nodule report".into(),
             clock: None,
+            uids: None,
         }
     }
 
@@ -170,8 +174,10 @@ pub fn build_sr(
         }
         None => utc_now(),
     };
-    let series_uid = uid::generate();
-    let sop_instance_uid = uid::generate();
+    let (series_uid, sop_instance_uid) = options
+        .uids
+        .clone()
+        .unwrap_or_else(|| (uid::generate(), uid::generate()));
     let ps = &volume_series.patient_study;
 
     let mut obj = InMemDicomObject::new_empty();

@@ -55,3 +55,4 @@ pub fn read_annotations(path: &std::path::Path) -> Vec<Annotation> {
 pub fn lidc_case(shared: &std::path::Path, case: &str) -> PathBuf {
     shared.join("data/lidc").join(case)
 }
+pub mod daemon;
