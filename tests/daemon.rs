@@ -20,9 +20,10 @@ fn ready() -> Option<PathBuf> {
 }
 
 fn storescu(daemon: &Daemon, aet: &str, dir: &Path) -> std::process::Output {
-    daemon.dcmtk(
+    daemon.dcmtk_with(
         "storescu",
-        &["-aet", aet, "-aec", "NODULED", "+sd", "+r", dir.to_str().unwrap()],
+        &["-aet", aet, "-aec", "NODULED", "+sd", "+r"],
+        &[dir.to_str().unwrap()],
     )
 }
 
@@ -165,7 +166,7 @@ fn store_find_get_move_with_dcmtk() {
         ],
     );
     let text = describe(&unknown);
-    assert!(text.contains("a801") || text.contains("A801") || text.contains("Move Destination Unknown"), "{text}");
+    assert!(text.contains("a801") || text.contains("A801") || text.contains("MoveDestinationUnknown"), "{text}");
     let metrics = daemon.http_get("/metrics");
     assert!(metrics.contains("noduled_series{state=\"analysed\"} 1"), "{metrics}");
     assert_eq!(daemon.http_get("/healthz").trim(), "ok");
@@ -181,7 +182,7 @@ fn sigkill_mid_send_then_resend_stores_each_instance_once_and_reports_once() {
 
     // Send, and kill -9 the daemon once part of the series is on disk.
     let mut sender = Command::new("storescu")
-        .args(["-aet", "SCANNER", "-aec", "NODULED", "+sd", "+r", phantom.to_str().unwrap(), "127.0.0.1", &daemon.port.to_string()])
+        .args(["-aet", "SCANNER", "-aec", "NODULED", "+sd", "+r", "127.0.0.1", &daemon.port.to_string(), phantom.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -62,7 +62,7 @@ fn orthanc_pulls_the_report_by_c_move() {
 
     let phantom = dir.path().join("phantom");
     let (series, study, _) = phantom_series(&phantom, 41, 24, 128);
-    let sent = daemon.dcmtk("storescu", &["-aet", "SCANNER", "-aec", "NODULED", "+sd", "+r", phantom.to_str().unwrap()]);
+    let sent = daemon.dcmtk_with("storescu", &["-aet", "SCANNER", "-aec", "NODULED", "+sd", "+r"], &[phantom.to_str().unwrap()]);
     assert!(sent.status.success(), "{}", describe(&sent));
     let record = daemon.wait_analysed(&series, Duration::from_secs(300));
     assert_eq!(record["state"], "analysed", "{record}");

@@ -51,9 +51,14 @@ impl Daemon {
         let state = dir.join("state");
         let (seg, nodule) = book_models(shared);
         let config = dir.join("noduled.toml");
+        let completion = if extra.contains("completion_seconds") {
+            String::new()
+        } else {
+            "completion_seconds = 1.5\n".to_string()
+        };
         let text = format!(
             "[pipeline]\nsegmentation_model = {seg:?}\nnodule_model = {nodule:?}\nmalignancy_model = \"diameter\"\nthreads = 2\n\
-             [server]\nport = {port}\nstate_dir = {state:?}\ncompletion_seconds = 1.5\nhttp = \"127.0.0.1:{http_port}\"\n\
+             [server]\nport = {port}\nstate_dir = {state:?}\n{completion}http = \"127.0.0.1:{http_port}\"\n\
              min_free_disk_mb = 0\n{extra}\n"
         );
         std::fs::write(&config, text).unwrap();
@@ -157,15 +162,20 @@ impl Daemon {
         }
     }
 
-    /// Runs a DCMTK tool against this daemon's port (appended last).
-    pub fn dcmtk(&self, tool: &str, args: &[&str]) -> Output {
-        let out = Command::new(tool)
-            .args(args)
+    /// Runs a DCMTK tool against this daemon: `options`, then peer and port, then `files`.
+    pub fn dcmtk_with(&self, tool: &str, options: &[&str], files: &[&str]) -> Output {
+        Command::new(tool)
+            .args(options)
             .arg("127.0.0.1")
             .arg(self.port.to_string())
+            .args(files)
             .output()
-            .expect("DCMTK tool runs");
-        out
+            .expect("DCMTK tool runs")
+    }
+
+    /// Runs a DCMTK tool against this daemon's port (appended last).
+    pub fn dcmtk(&self, tool: &str, options: &[&str]) -> Output {
+        self.dcmtk_with(tool, options, &[])
     }
 }
 
@@ -186,6 +196,8 @@ pub fn phantom_series(dir: &Path, seed: u64, slices: usize, size: usize) -> (Str
         ..noduled::phantom::PhantomSpec::default()
     };
     let summary = noduled::phantom::write_dataset(dir, seed, 1, &spec).expect("phantom written");
+    // Only the DICOM files are sent: storescu would refuse the CSV.
+    let _ = std::fs::remove_file(&summary.annotations_csv);
     let series = &summary.series[0];
     let study = dicom_object::open_file(&series.files[0])
         .unwrap()
