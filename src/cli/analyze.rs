@@ -2,7 +2,7 @@
 //! nodules present?", as a findings table (and optionally JSON).
 
 use anyhow::Context;
-use noduled::config::{Config, PipelineConfig};
+use noduled::config::Config;
 use noduled::dicom;
 use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
@@ -11,9 +11,6 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// The `--malignancy-model` value selecting the diameter baseline.
-const DIAMETER: &str = "diameter";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
@@ -62,49 +59,14 @@ pub struct Args {
     exact: bool,
 }
 
-/// The model at `flag`, or the configured default if it exists, or an error telling to pass the flag.
-fn model_path(
-    given: Option<&Path>,
-    default: PathBuf,
-    flag: &str,
-    example: &str,
-) -> anyhow::Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path.to_path_buf());
-    }
-    if default.is_file() {
-        return Ok(default);
-    }
-    anyhow::bail!(
-        "no {} (no default models ship yet): {flag} is required until they do, e.g. {flag} {example}",
-        default.display()
-    )
-}
-
 pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
-    let seg = model_path(
+    let models = super::model_flags::resolve(
         args.seg_model.as_deref(),
-        config.model_path(&config.pipeline.segmentation_model),
-        "--seg-model",
-        "../shared/models/book/seg_unet.onnx",
-    )?;
-    let nodule = model_path(
         args.nodule_model.as_deref(),
-        config.model_path(&config.pipeline.nodule_model),
-        "--nodule-model",
-        "../shared/models/book/nodule_cls.onnx",
+        args.malignancy_model.as_deref(),
+        config,
     )?;
-    let malignancy = match args.malignancy_model.as_deref() {
-        Some(DIAMETER) => None,
-        Some(path) => Some(PathBuf::from(path)),
-        None => match config.pipeline.malignancy_model.as_str() {
-            DIAMETER => None,
-            // The default file name falls back to the baseline while no model ships; a file the
-            // operator configured must exist (Models::load says so when it does not).
-            file => Some(config.model_path(Path::new(file)))
-                .filter(|p| p.is_file() || file != PipelineConfig::default().malignancy_model),
-        },
-    };
+    let (seg, nodule, malignancy) = (models.segmentation, models.nodule, models.malignancy);
 
     let options = PipelineOptions {
         exact: args.exact,

@@ -2,7 +2,9 @@
 
 mod analyze;
 mod check_config;
+mod eval;
 mod info;
+mod model_flags;
 mod phantom;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,8 @@ enum Command {
     Phantom(phantom::Args),
     /// Validate a configuration file, reporting every bad key at once.
     CheckConfig(check_config::Args),
+    /// Measure models on an annotated dataset: confusion matrix, FROC/CPM, ROC/AUC; refuses leaks.
+    Eval(eval::Args),
 }
 
 /// The configuration: loaded once from `--config`, or the defaults.
@@ -56,5 +60,6 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Analyze(args) => analyze::run(args, config),
         Command::Phantom(args) => phantom::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Eval(args) => eval::run(args, config),
     }
 }

@@ -242,8 +242,8 @@ mod tests {
 
     #[test]
     fn unknown_and_absent_lists_decide_nothing() {
-        let p = Provenance::from_metadata("m.onnx", &meta(&[(KEY_TRAIN_SERIES, "unknown")]))
-            .unwrap();
+        let p =
+            Provenance::from_metadata("m.onnx", &meta(&[(KEY_TRAIN_SERIES, "unknown")])).unwrap();
         assert_eq!(p.train_series, SeriesList::Unknown);
         assert_eq!(p.train_series.contains("1.2.3"), None);
         assert_eq!(p.val_series, SeriesList::Unknown);
