@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dicom;
 pub mod engine;
+pub mod eval;
 pub mod logging;
 pub mod phantom;
 pub mod pipeline;

@@ -2,18 +2,15 @@
 //! nodules present?", as a findings table (and optionally JSON).
 
 use anyhow::Context;
-use noduled::config::{Config, PipelineConfig};
+use noduled::config::Config;
 use noduled::dicom;
 use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
-use noduled::pipeline::{Analysis, Pipeline, PipelineOptions, Stage};
+use noduled::pipeline::{Analysis, Stage};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// The `--malignancy-model` value selecting the diameter baseline.
-const DIAMETER: &str = "diameter";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
@@ -39,88 +36,13 @@ pub struct Args {
     #[arg(long = "series", value_name = "UID")]
     series_uid: Option<String>,
     #[command(flatten)]
-    models: ModelFlags,
+    models: super::model_flags::ModelFlags,
     /// Also write the analysis as JSON to FILE (`-` for stdout, instead of the table).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Also write the findings as a DICOM Comprehensive 3D SR (TID 1500) to FILE.
     #[arg(long, value_name = "FILE")]
     sr: Option<PathBuf>,
-}
-
-/// The model and compute flags `analyze`, `serve` and `demo` share.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ModelFlags {
-    /// Segmentation U-Net (ONNX, input N×7×H×W) [default: models/segmentation.onnx].
-    #[arg(long, value_name = "P")]
-    pub seg_model: Option<PathBuf>,
-    /// Nodule classifier (ONNX, input N×1×32×48×48) [default: models/nodule.onnx].
-    #[arg(long, value_name = "P")]
-    pub nodule_model: Option<PathBuf>,
-    /// Malignancy classifier (ONNX, input N×1×32×48×48), or `diameter` for the book's diameter
-    /// baseline [default: models/malignancy.onnx if present, else diameter].
-    #[arg(long, value_name = "P|diameter")]
-    pub malignancy_model: Option<String>,
-    /// Worker threads for inference [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
-    /// The book's processing with no shortcut: any speed-up that could change candidates is off.
-    #[arg(long)]
-    pub exact: bool,
-}
-
-impl ModelFlags {
-    /// Resolves the flags against the configuration's defaults and loads the pipeline.
-    pub fn load_pipeline(&self, config: &Config) -> anyhow::Result<Pipeline> {
-        let seg = model_path(
-            self.seg_model.as_deref(),
-            config.model_path(&config.pipeline.segmentation_model),
-            "--seg-model",
-            "../shared/models/book/seg_unet.onnx",
-        )?;
-        let nodule = model_path(
-            self.nodule_model.as_deref(),
-            config.model_path(&config.pipeline.nodule_model),
-            "--nodule-model",
-            "../shared/models/book/nodule_cls.onnx",
-        )?;
-        let malignancy = match self.malignancy_model.as_deref() {
-            Some(DIAMETER) => None,
-            Some(path) => Some(PathBuf::from(path)),
-            None => match config.pipeline.malignancy_model.as_str() {
-                DIAMETER => None,
-                // The default file name falls back to the baseline while no model ships; a file
-                // the operator configured must exist (Models::load says so when it does not).
-                file => Some(config.model_path(Path::new(file)))
-                    .filter(|p| p.is_file() || file != PipelineConfig::default().malignancy_model),
-            },
-        };
-        let options = PipelineOptions {
-            exact: self.exact,
-            threads: self.threads.map_or(config.pipeline.threads, usize::from),
-        };
-        Pipeline::load(&seg, &nodule, malignancy.as_deref(), options)
-            .context("cannot load the models")
-    }
-}
-
-/// The model at `flag`, or the configured default if it exists, or an error telling to pass the flag.
-fn model_path(
-    given: Option<&Path>,
-    default: PathBuf,
-    flag: &str,
-    example: &str,
-) -> anyhow::Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path.to_path_buf());
-    }
-    if default.is_file() {
-        return Ok(default);
-    }
-    anyhow::bail!(
-        "no {} (no default models ship yet): {flag} is required until they do, e.g. {flag} {example}",
-        default.display()
-    )
 }
 
 pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {

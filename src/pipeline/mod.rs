@@ -316,13 +316,40 @@ impl Pipeline {
         volume: &Volume,
         progress: ProgressFn<'_>,
     ) -> Result<Analysis, PipelineError> {
+        let started = Instant::now();
+        let segmented = self.segment_and_group(volume, progress)?;
+        let mut analysis = self.analyze_segmented(volume, &segmented, progress)?;
+        analysis.seconds.total = started.elapsed().as_secs_f64();
+        Ok(analysis)
+    }
+}
+
+// ---- The pipeline in two steps (`noduled eval` caches the first, the slow one) ----
+
+/// The output of the segmentation step: the grouped components of the thresholded, eroded
+/// segmentation, before any classifier runs. It depends only on the volume, the segmentation model
+/// and the options, so it can be cached and reused with other classifiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segmented {
+    pub groups: Vec<group::Group>,
+    /// Seconds the segmentation took (0 when it came from a cache).
+    pub segment_s: f64,
+    /// Seconds the grouping took (likewise).
+    pub group_s: f64,
+}
+
+impl Pipeline {
+    /// Step 1 of [`Pipeline::analyze`]: segmentation and grouping.
+    pub fn segment_and_group(
+        &self,
+        volume: &Volume,
+        progress: ProgressFn<'_>,
+    ) -> Result<Segmented, PipelineError> {
         let shape = volume.shape();
         if shape.contains(&0) {
             return Err(PipelineError::EmptyVolume(shape));
         }
-        let started = Instant::now();
         let hu = volume.hu.view();
-        let geometry = &volume.geometry;
 
         let t = Instant::now();
         let probability = self
@@ -336,6 +363,29 @@ impl Pipeline {
         drop(probability);
         progress(Stage::Group, 1, 1);
         let group_s = t.elapsed().as_secs_f64();
+        Ok(Segmented {
+            groups,
+            segment_s,
+            group_s,
+        })
+    }
+
+    /// Step 2 of [`Pipeline::analyze`]: classification and malignancy of the `segmented` groups
+    /// of `volume` (which must be the volume they were found in).
+    pub fn analyze_segmented(
+        &self,
+        volume: &Volume,
+        segmented: &Segmented,
+        progress: ProgressFn<'_>,
+    ) -> Result<Analysis, PipelineError> {
+        let shape = volume.shape();
+        if shape.contains(&0) {
+            return Err(PipelineError::EmptyVolume(shape));
+        }
+        let hu = volume.hu.view();
+        let geometry = &volume.geometry;
+        let groups = &segmented.groups;
+        let (segment_s, group_s) = (segmented.segment_s, segmented.group_s);
 
         let t = Instant::now();
         let centers: Vec<[f64; 3]> = groups.iter().map(|g| g.center_irc).collect();
@@ -425,7 +475,7 @@ impl Pipeline {
                 segment: segment_s,
                 group: group_s,
                 classify: classify_s,
-                total: started.elapsed().as_secs_f64(),
+                total: segment_s + group_s + classify_s,
             },
         })
     }

@@ -12,9 +12,9 @@ use super::dimse::{self, command, status, DimseError, Message};
 use crate::dicom::instance::{read_object, ReadOutcome};
 use crate::store::{keys_of_dataset, IncomingInstance, InstanceKind, PutOutcome, StoreError};
 use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use std::path::Path;
 
 /// Why an instance was not stored: the status to answer and the reason to log.
@@ -39,9 +39,12 @@ pub fn validate(
     sop_class: &str,
     sop_instance: &str,
 ) -> Result<IncomingInstance, Refused> {
-    let ts = TransferSyntaxRegistry
-        .get(transfer_syntax)
-        .ok_or_else(|| refuse(status::CANNOT_UNDERSTAND, format!("unknown transfer syntax {transfer_syntax}")))?;
+    let ts = TransferSyntaxRegistry.get(transfer_syntax).ok_or_else(|| {
+        refuse(
+            status::CANNOT_UNDERSTAND,
+            format!("unknown transfer syntax {transfer_syntax}"),
+        )
+    })?;
     let obj = InMemDicomObject::read_dataset_with_ts(dataset.as_slice(), ts).map_err(|e| {
         refuse(
             status::CANNOT_UNDERSTAND,
@@ -76,7 +79,10 @@ pub fn validate(
     ] {
         let value = text(tag);
         if value.is_empty() || !crate::uid::is_valid(&value) {
-            return Err(refuse(status::DATASET_MISMATCH, format!("{name} missing or invalid")));
+            return Err(refuse(
+                status::DATASET_MISMATCH,
+                format!("{name} missing or invalid"),
+            ));
         }
     }
     let kind = InstanceKind::of_sop_class(&class);
@@ -113,9 +119,10 @@ fn check_ct_pixels(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), 
         .map_err(|e| refuse(status::CANNOT_UNDERSTAND, super::one_line(&e.to_string())))?;
     match read_object(&file, Path::new("(received)")) {
         Ok(ReadOutcome::Ct(_)) => Ok(()),
-        Ok(ReadOutcome::CtWithoutPixels(_)) => {
-            Err(refuse(status::DATASET_MISMATCH, "CT image without pixel data"))
-        }
+        Ok(ReadOutcome::CtWithoutPixels(_)) => Err(refuse(
+            status::DATASET_MISMATCH,
+            "CT image without pixel data",
+        )),
         Ok(ReadOutcome::CtUndecodable { reason, .. }) => Err(refuse(
             status::CANNOT_UNDERSTAND,
             format!("pixel data cannot be decoded: {}", super::one_line(&reason)),
@@ -124,7 +131,10 @@ fn check_ct_pixels(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), 
             status::DATASET_MISMATCH,
             format!("not a CT image ({sop_class_uid})"),
         )),
-        Err(e) => Err(refuse(status::DATASET_MISMATCH, super::one_line(&e.to_string()))),
+        Err(e) => Err(refuse(
+            status::DATASET_MISMATCH,
+            super::one_line(&e.to_string()),
+        )),
     }
 }
 
@@ -138,7 +148,12 @@ pub async fn store(
     if incoming.kind == InstanceKind::Image {
         if let Ok(Some(series)) = context.store.series(&series_uid) {
             if series.instance_count >= context.config.server.max_series_instances
-                && context.store.instance(&incoming.sop_instance_uid).ok().flatten().is_none()
+                && context
+                    .store
+                    .instance(&incoming.sop_instance_uid)
+                    .ok()
+                    .flatten()
+                    .is_none()
             {
                 let reason = format!(
                     "series-too-large: more than {} instances",
@@ -174,9 +189,15 @@ pub async fn handle(session: &mut Session, message: Message) -> Result<(), Dimse
                 session.context.config.server.max_instance_mb
             ),
         )),
-        (None, false) => Err(refuse(status::CANNOT_UNDERSTAND, "C-STORE without a data set")),
+        (None, false) => Err(refuse(
+            status::CANNOT_UNDERSTAND,
+            "C-STORE without a data set",
+        )),
         (Some(_), false) => match session.transfer_syntax(message.pc_id) {
-            None => Err(refuse(status::CANNOT_UNDERSTAND, "unknown presentation context")),
+            None => Err(refuse(
+                status::CANNOT_UNDERSTAND,
+                "unknown presentation context",
+            )),
             Some(ts) => {
                 let data = message.data.clone().unwrap_or_default();
                 match validate(data, &ts, &class, &instance) {
