@@ -13,6 +13,7 @@
 
 pub mod classify;
 pub mod group;
+pub mod lung;
 pub mod malignancy;
 pub mod segment;
 
