@@ -10,6 +10,7 @@ pub mod engine;
 pub mod logging;
 pub mod phantom;
 pub mod pipeline;
+pub mod render;
 pub mod uid;
 pub mod volume;
 

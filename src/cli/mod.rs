@@ -4,6 +4,7 @@ mod analyze;
 mod check_config;
 mod info;
 mod phantom;
+mod report;
 
 use clap::{Parser, Subcommand};
 use noduled::config::Config;
@@ -40,6 +41,8 @@ enum Command {
     Phantom(phantom::Args),
     /// Validate a configuration file, reporting every bad key at once.
     CheckConfig(check_config::Args),
+    /// Render a noduled SR as a readable text (and HTML) summary.
+    Report(report::Args),
 }
 
 /// The configuration: loaded once from `--config`, or the defaults.
@@ -56,5 +59,6 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Analyze(args) => analyze::run(args, config),
         Command::Phantom(args) => phantom::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Report(args) => report::run(args, config),
     }
 }
