@@ -11,6 +11,7 @@ pub mod eval;
 pub mod logging;
 pub mod phantom;
 pub mod pipeline;
+pub mod render;
 pub mod server;
 pub mod store;
 pub mod uid;

@@ -4,8 +4,10 @@
 use anyhow::Context;
 use noduled::config::Config;
 use noduled::dicom;
+use noduled::dicom::keyimage::{self, KeyImageOptions};
 use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
+use noduled::pipeline::reduce::{ReduceOptions, SuppressReason};
 use noduled::pipeline::{Analysis, Stage};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -43,6 +45,10 @@ pub struct Args {
     /// Also write the findings as a DICOM Comprehensive 3D SR (TID 1500) to FILE.
     #[arg(long, value_name = "FILE")]
     sr: Option<PathBuf>,
+    /// Write a key image per finding into DIR: `nodule-N.png` (axial slice, nodule outlined and
+    /// labelled) and `nodule-N.dcm` (the same as DICOM Secondary Capture in the CT's study).
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
 }
 
 pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
@@ -103,6 +109,11 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         tracing::info!(path = %path.display(), sop_instance_uid, "structured report written");
     }
 
+    if let Some(dir) = &args.images {
+        let written = write_key_images(dir, &analysis, &volume)?;
+        tracing::info!(dir = %dir.display(), images = written, "key images written");
+    }
+
     let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&analysis)? + "\n";
@@ -117,6 +128,38 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         print_table(&analysis)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `nodule-N.png` and `nodule-N.dcm` for every finding into `dir` (created if needed);
+/// returns how many findings got images.
+fn write_key_images(
+    dir: &Path,
+    analysis: &Analysis,
+    volume: &noduled::Volume,
+) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let series_uid = noduled::uid::generate();
+    let mut written = 0;
+    for (k, finding) in analysis.findings.iter().enumerate() {
+        let number = k + 1;
+        let Some((slice, image)) = noduled::render::finding_key_image(
+            volume.hu.view(),
+            volume.geometry.spacing_xyz,
+            finding,
+            number,
+        ) else {
+            continue;
+        };
+        noduled::render::write_png(&image, &dir.join(format!("nodule-{number}.png")))?;
+        let description = noduled::render::describe_finding(finding, number);
+        let options = KeyImageOptions::new(series_uid.clone(), number as u32);
+        let object =
+            keyimage::build_key_image(&image, &volume.series, slice, &description, &options)
+                .with_context(|| format!("cannot build the key image of nodule {number}"))?;
+        sr::save(&object, &dir.join(format!("nodule-{number}.dcm")))?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// The findings table and the answer line.
@@ -139,31 +182,74 @@ fn print_table(a: &Analysis) -> std::io::Result<()> {
         a.candidates.len(),
         a.findings.len()
     )?;
+    if !a.suppressed.is_empty() {
+        let count = |r: SuppressReason| a.suppressed.iter().filter(|s| s.reason == r).count();
+        writeln!(
+            out,
+            "suppressed {} (merged fragments {}, outside the lung {}, under {} mm {})",
+            a.suppressed.len(),
+            count(SuppressReason::Merged),
+            count(SuppressReason::OutsideLung),
+            ReduceOptions::default().min_mean_diameter_mm,
+            count(SuppressReason::BelowSizeFloor)
+        )?;
+    }
     if !a.findings.is_empty() {
         writeln!(out)?;
         writeln!(
             out,
-            "{:>3} {:>9} {:>9} {:>9} {:>8} {:>8} {:>11}",
-            "#", "x mm", "y mm", "z mm", "diam mm", "p_nodule", "p_malignant"
+            "{:>3} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5} {:>12} {:>4} {:>8} {:>11}",
+            "#", "x mm", "y mm", "z mm", "diam mm", "long", "short", "mean", "vol mm3", "HU", "max",
+            "type", "LR", "p_nodule", "p_malignant"
         )?;
         for (k, f) in a.findings.iter().enumerate() {
             let [x, y, z] = f.center_xyz;
+            write!(
+                out,
+                "{:>3} {x:>9.1} {y:>9.1} {z:>9.1} {:>8.1}",
+                k + 1,
+                f.diameter_mm
+            )?;
+            match &f.measurements {
+                Some(m) => write!(
+                    out,
+                    " {:>6.1} {:>6.1} {:>6.1} {:>9.0} {:>5.0} {:>5.0} {:>12}",
+                    m.long_axis_mm,
+                    m.short_axis_mm,
+                    m.mean_diameter_mm,
+                    m.volume_mm3,
+                    m.mean_hu,
+                    m.max_hu,
+                    m.nodule_type.as_str()
+                )?,
+                None => write!(
+                    out,
+                    " {:>6} {:>6} {:>6} {:>9} {:>5} {:>5} {:>12}",
+                    "-", "-", "-", "-", "-", "-", "-"
+                )?,
+            }
             writeln!(
                 out,
-                "{:>3} {x:>9.1} {y:>9.1} {z:>9.1} {:>8.1} {:>8.3} {:>11.3}",
-                k + 1,
-                f.diameter_mm,
+                " {:>4} {:>8.3} {:>11.3}",
+                f.lung_rads.map_or("-", |c| c.as_str()),
                 f.p_nodule,
                 f.p_malignant
             )?;
         }
         writeln!(out)?;
     }
+    if let Some(category) = a.lung_rads {
+        writeln!(
+            out,
+            "Lung-RADS v2022 (baseline, by noduled): {category} ({})",
+            category.management()
+        )?;
+    }
     let s = &a.seconds;
     writeln!(
         out,
-        "seconds    load {:.1}, segment {:.1}, group {:.1}, classify {:.1}, total {:.1} ({} threads)",
-        s.load, s.segment, s.group, s.classify, s.total, a.threads
+        "seconds    load {:.1}, segment {:.1}, group {:.1}, classify {:.1}, measure {:.1}, total {:.1} ({} threads)",
+        s.load, s.segment, s.group, s.classify, s.measure, s.total, a.threads
     )?;
     if a.malignant_present {
         writeln!(

@@ -7,6 +7,7 @@ mod eval;
 mod info;
 mod model_flags;
 mod phantom;
+mod report;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,8 @@ enum Command {
     Demo(demo::Args),
     /// Measure models on an annotated dataset: confusion matrix, FROC/CPM, ROC/AUC; refuses leaks.
     Eval(eval::Args),
+    /// Render a noduled SR as a readable text (and HTML) summary.
+    Report(report::Args),
 }
 
 /// The configuration: loaded once from `--config`, or the defaults.
@@ -69,5 +72,6 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args, config),
         Command::Demo(args) => demo::run(args, config),
         Command::Eval(args) => eval::run(args, config),
+        Command::Report(args) => report::run(args, config),
     }
 }

@@ -90,7 +90,8 @@ pub struct ModelFlags {
     /// Worker threads for inference [default: all cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
-    /// The book's processing with no shortcut: any speed-up that could change candidates is off.
+    /// The book's processing with no shortcut: any speed-up that could change candidates is off,
+    /// and every classifier nodule is a finding (no fragment merging, lung mask or size floor).
     #[arg(long)]
     pub exact: bool,
 }

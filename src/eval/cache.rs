@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bump when grouping or the entry format changes meaning.
-pub const CACHE_VERSION: u32 = 1;
+pub const CACHE_VERSION: u32 = 2;
 
 /// A cache write that failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ struct Entry {
     segment_s: f64,
     group_s: f64,
     groups: Vec<CachedGroup>,
+    /// Flat indices of the thresholded segmentation's voxels (see [`Segmented::mask_voxels`]).
+    mask_voxels: Vec<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,6 +131,7 @@ impl SegmentationCache {
                     segmented_voxels: g.segmented_voxels,
                 })
                 .collect(),
+            mask_voxels: entry.mask_voxels,
             segment_s: 0.0,
             group_s: 0.0,
         })
@@ -154,6 +157,7 @@ impl SegmentationCache {
             key: key.to_string(),
             segment_s: segmented.segment_s,
             group_s: segmented.group_s,
+            mask_voxels: segmented.mask_voxels.clone(),
             groups: segmented
                 .groups
                 .iter()
@@ -204,6 +208,7 @@ mod tests {
                 voxels: 3,
                 segmented_voxels: 9,
             }],
+            mask_voxels: vec![4, 5],
             segment_s: 1.5,
             group_s: 0.1,
         };
