@@ -64,7 +64,10 @@ pub enum EvalError {
     #[error("series {uid} refused: {reason}")]
     Refused { uid: String, reason: String },
     #[error("series {uid}: {error}")]
-    Pipeline { uid: String, error: PipelineError },
+    Pipeline {
+        uid: String,
+        error: Box<PipelineError>,
+    },
     #[error("nothing to evaluate: {0}")]
     Empty(String),
 }
@@ -453,10 +456,12 @@ pub fn evaluate(
             });
         }
         let instances = scan.series.remove(uid).unwrap_or_default();
+        let started = std::time::Instant::now();
         let volume = assemble(instances, &options.rules).map_err(|r| EvalError::Refused {
             uid: uid.clone(),
             reason: r.to_string(),
         })?;
+        let load_s = started.elapsed().as_secs_f64();
         let key = cache::key(&volume, &seg_sha, exact);
         let cached = options.cache.as_ref().and_then(|c| c.get(uid, &key));
         progress.series(index, series.len(), uid, cached.is_some());
@@ -468,7 +473,7 @@ pub fn evaluate(
                     .segment_and_group(&volume, progress.stage())
                     .map_err(|error| EvalError::Pipeline {
                         uid: uid.clone(),
-                        error,
+                        error: Box::new(error),
                     })?;
                 if let Some(c) = &options.cache {
                     if let Err(err) = c.put(uid, &key, &s) {
@@ -478,12 +483,13 @@ pub fn evaluate(
                 s
             }
         };
-        let analysis = pipeline
+        let mut analysis = pipeline
             .analyze_segmented(&volume, &segmented, progress.stage())
             .map_err(|error| EvalError::Pipeline {
                 uid: uid.clone(),
-                error,
+                error: Box::new(error),
             })?;
+        analysis.add_load_seconds(load_s);
         let truth = annotations.get(uid).map_or(&[][..], Vec::as_slice);
         let detections: Vec<Detection> = analysis
             .candidates
@@ -512,7 +518,7 @@ pub fn evaluate(
                         .assess(volume.hu.view(), c.center_irc, c.diameter_mm)
                         .map_err(|error| EvalError::Pipeline {
                             uid: uid.clone(),
-                            error,
+                            error: Box::new(error),
                         })?,
                 };
                 p_malignant = Some(p);
