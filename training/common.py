@@ -137,6 +137,19 @@ def group(probability: np.ndarray, hu: np.ndarray):
     return [(np.array(c), int(s)) for c, s in zip(centres, sizes)]
 
 
+def vessel_points(hu: np.ndarray, count: int, rng) -> np.ndarray:
+    """Up to `count` random (index, row, column) voxels of soft-tissue density (HU > -300) with lung
+    around them (mean HU of the 15×15 in-plane neighbourhood below -500): vessels, airway walls,
+    the pleura — where a nodule detector fires falsely."""
+    from scipy import ndimage
+
+    surround = ndimage.uniform_filter(hu.astype(np.float32), size=(1, 15, 15))
+    where = np.argwhere((hu > -300) & (surround < -500))
+    if len(where) == 0:
+        return np.zeros((0, 3))
+    return where[rng.choice(len(where), size=min(count, len(where)), replace=False)].astype(float)
+
+
 # ------------------------------------------------------------------------------- augmentation
 
 

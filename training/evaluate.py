@@ -68,6 +68,12 @@ def main(argv=None) -> int:
         print("evaluate: noduled analyzes DICOM series folders; convert LUNA16 first", file=sys.stderr)
         return 2
     models = pathlib.Path(a.models)
+    seen = models_saw(models)
+    overlap = sorted(seen & set(ds.series_uids))
+    if overlap:
+        print(f"evaluate: {len(overlap)} series were in the models' train/val split, e.g. {overlap[0]}",
+              file=sys.stderr)
+        return 2
     scores, labels, froc = [], [], []
     mal_found = []  # (p_model, p_baseline, annotated diameter, malignant)
     per_series = {}
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
                            "nodules": len(nodules), "seconds": result["seconds"]["total"]}
         print(f"{uid}: {len(cands)} candidates, {len(result['findings'])} findings, {len(nodules)} nodules",
               flush=True)
-    report = {"series": len(ds.series_uids), "nodule_auc": common.roc_auc(scores, labels),
+    report = {"series": len(ds.series_uids), "unseen_by_models": True, "nodule_auc": common.roc_auc(scores, labels),
               "candidates": len(scores), "candidates_on_nodules": int(sum(labels)),
               "froc": common.froc_cpm(froc, len(ds.series_uids)), "per_series": per_series}
     if mal_found:
@@ -104,6 +110,20 @@ def main(argv=None) -> int:
     if a.out:
         common.write_json(a.out, report)
     return 0
+
+
+def models_saw(models: pathlib.Path) -> set:
+    """Every series in the train or val lists of the models' metadata."""
+    import onnx
+
+    seen = set()
+    for f in ("segmentation.onnx", "nodule.onnx", "malignancy.onnx"):
+        if (models / f).is_file():
+            meta = {p.key: p.value for p in onnx.load(str(models / f)).metadata_props}
+            for key in ("noduled.train_series", "noduled.val_series"):
+                value = json.loads(meta.get(key, "[]"))
+                seen |= set(value) if isinstance(value, list) else set()
+    return seen
 
 
 def malignancy_on_annotations(ds, model_path) -> dict:

@@ -42,16 +42,6 @@ def segment(model, hu: np.ndarray, batch: int = 4) -> np.ndarray:
     return out
 
 
-def vessel_points(hu: np.ndarray, count: int, rng) -> np.ndarray:
-    from scipy import ndimage
-
-    surround = ndimage.uniform_filter(hu.astype(np.float32), size=(1, 15, 15))
-    where = np.argwhere((hu > -300) & (surround < -500))
-    if len(where) == 0:
-        return np.zeros((0, 3))
-    return where[rng.choice(len(where), size=min(count, len(where)), replace=False)].astype(float)
-
-
 def label(ct, irc, nodules) -> bool:
     xyz = ct.irc_to_xyz(irc)
     return any(np.linalg.norm(xyz - np.asarray(n.xyz)) <= n.diameter_mm / 2 for n in nodules)
@@ -63,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--seg", help="segmentation state dict (train_seg.py's segmentation.pt)")
     ap.add_argument("--random", type=int, default=60, help="vessel/wall points per series")
+    ap.add_argument("--detect-max", type=int, default=None,
+                    help="run the detector on at most N series (val series first), to save CPU")
     ap.add_argument("--out", help="default: DATA/candidates.csv")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
@@ -82,19 +74,23 @@ def main(argv=None) -> int:
         model.eval()
     out = []
     started = time.time()
+    order = man.series("val") + man.series("test") + man.series("train")
+    detect = set(order[:a.detect_max] if a.detect_max is not None else order)
     for uid in sorted(man.split_of):
         ct = ds.load(uid)
         ct.hu = np.clip(np.rint(ct.hu), common.HU_MIN, common.HU_MAX).astype(np.int16)
         nodules = ds.nodules_of(uid)
         points = []
-        if model is not None:
+        if model is not None and uid in detect:
             points += [c for c, _ in common.group(segment(model, ct.hu), ct.hu)]
         detected = len(points)
-        points += list(vessel_points(ct.hu, a.random, rng))
+        found = sum(any(np.linalg.norm(ct.irc_to_xyz(c) - np.asarray(n.xyz)) <= n.diameter_mm / 2
+                        for c in points) for n in nodules)
+        points += list(common.vessel_points(ct.hu, a.random, rng))
         for irc in points:
             out.append(datasets.Candidate(uid, tuple(ct.irc_to_xyz(irc)), label(ct, irc, nodules)))
-        print(f"{uid}: {detected} detector candidates, {len(points) - detected} vessel/wall points "
-              f"({time.time() - started:.0f} s)", flush=True)
+        print(f"{uid} ({man.split_of[uid]}): {detected} detector candidates hitting {found}/{len(nodules)} "
+              f"nodules, {len(points) - detected} vessel/wall points ({time.time() - started:.0f} s)", flush=True)
     path = a.out or (ds.root / "candidates.csv")
     datasets.write_candidates(path, out)
     print(f"{path}: {len(out)} candidates, {sum(c.is_nodule for c in out)} on nodules")

@@ -87,7 +87,7 @@ def train_balanced(model, params, cache, entries, labels, epochs, samples, batch
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         history.append(float(np.mean(losses)))
         print(f"{tag} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.time() - started:.0f} s)",
               flush=True)
