@@ -22,7 +22,7 @@ import torch
 
 import common
 from models import NoduleNet
-from train_cls import open_inputs, predict, train_balanced
+from train_cls import cut, open_inputs, predict, train_balanced
 
 BLOCKS = ("block4", "block3", "block2", "block1")
 
@@ -66,6 +66,40 @@ class _FrozenNorm:
         model.train = train
 
 
+def fit_head_on_features(model, cache, entries, rng, views: int, steps: int, lr: float):
+    """Head-only fine-tuning (`--train-blocks 0`) the cheap way: the frozen network's 1152 features
+    of `views` augmented crops of every training nodule are computed once, then the new head is
+    fitted on them (full-batch Adam, class-balanced cross-entropy). Same model, same result as
+    training the head through the frozen network, at a fraction of the CPU."""
+    model.eval()
+    feats, labels = [], []
+    with torch.no_grad():
+        for _ in range(views):
+            for k in range(0, len(entries), 32):
+                chunk = entries[k:k + 32]
+                x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng) for e in chunk]))
+                x = x.to(memory_format=torch.channels_last_3d)
+                h = model.tail_batchnorm(x)
+                h = model.block4(model.block3(model.block2(model.block1(h))))
+                feats.append(h.flatten(1))
+                labels += [e[2] for e in chunk]
+    f, y = torch.cat(feats), torch.tensor(labels, dtype=torch.long)
+    pos = float(y.float().mean())
+    weight = torch.tensor([1 / max(1 - pos, 1e-6), 1 / max(pos, 1e-6)]) / 2
+    opt = torch.optim.Adam(model.head_linear.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    history = []
+    for step in range(steps):
+        loss = loss_fn(model.head_linear(f), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(steps // 5, 1) == 0:
+            history.append(loss.item())
+            print(f"malignancy head step {step + 1}/{steps}: loss {history[-1]:.4f}", flush=True)
+    return history
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
@@ -79,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--views", type=int, default=8, help="augmented crops per nodule (--train-blocks 0)")
+    ap.add_argument("--head-steps", type=int, default=500, help="head fitting steps (--train-blocks 0)")
     a = ap.parse_args(argv)
     common.seed_everything(a.seed, common.threads())
     rng = np.random.default_rng(a.seed)
@@ -89,10 +125,15 @@ def main(argv=None) -> int:
     model, params = build(torch.load(a.nodule, map_location="cpu"), a.train_blocks)
     _FrozenNorm(model)
     started = time.time()
-    history = train_balanced(model, params, cache, entries, [e[2] for e in entries], a.epochs,
-                             a.samples, a.batch, a.lr, rng, "malignancy")
+    if a.train_blocks == 0:
+        history = fit_head_on_features(model, cache, entries, rng, a.views, a.head_steps, a.lr)
+    else:
+        history = train_balanced(model, params, cache, entries, [e[2] for e in entries], a.epochs,
+                                 a.samples, a.batch, a.lr, rng, "malignancy")
     val_entries = labelled(ds, cache, val)
-    metrics = {"train_loss": history, "epochs": a.epochs, "train_blocks": a.train_blocks,
+    metrics = {"train_loss": history, "epochs": a.epochs if a.train_blocks else None,
+               "head_fit": {"views": a.views, "steps": a.head_steps} if a.train_blocks == 0 else None,
+               "train_blocks": a.train_blocks,
                "train_nodules": len(entries), "train_malignant": int(sum(e[2] for e in entries))}
     if val_entries:
         p = predict(model, cache, val_entries)

@@ -26,15 +26,22 @@ import manifest as manifest_mod
 from models import NoduleNet
 
 
-def items(ds, cache, uids, use_candidates=True):
-    """[(uid, centre_irc, is_nodule)] of `uids`: annotations (positives) and candidates."""
+def items(ds, cache, uids, use_candidates=True, margin_mm=None):
+    """[(uid, centre_irc, is_nodule)] of `uids`: annotations (positives) and candidates. With
+    `margin_mm`, negatives closer than radius + margin to a nodule are left out: their crop shows
+    the nodule off-centre, a label the few epochs CPU affords cannot learn (training only)."""
     out = []
     for uid in uids:
         ct = cache.get(uid)
-        for n in ds.nodules_of(uid):
+        nodules = ds.nodules_of(uid)
+        for n in nodules:
             out.append((uid, ct.xyz_to_irc(n.xyz), True))
         if use_candidates:
             for c in ds.candidates_of(uid):
+                if margin_mm is not None and not c.is_nodule and any(
+                        np.linalg.norm(np.subtract(c.xyz, n.xyz)) < n.diameter_mm / 2 + margin_mm
+                        for n in nodules):
+                    continue
                 out.append((uid, ct.xyz_to_irc(c.xyz), c.is_nodule))
     return out
 
@@ -115,15 +122,27 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--margin-mm", type=float, default=None,
+                    help="leave out training negatives within a nodule's radius + this margin")
+    ap.add_argument("--resume", help="start from this nodule.pt (trained on the same manifest)")
     a = ap.parse_args(argv)
     common.seed_everything(a.seed, common.threads())
     rng = np.random.default_rng(a.seed)
     ds, man = open_inputs(a, "train_cls")
     train, val = man.series("train"), man.series("val")
     cache = common.CtCache(ds)
-    entries = items(ds, cache, train)
+    entries = items(ds, cache, train, margin_mm=a.margin_mm)
     started = time.time()
     model = NoduleNet()
+    resumed = None
+    if a.resume:
+        previous = common.read_json(pathlib.Path(a.resume).with_suffix(".metrics.json"))
+        if previous["manifest_sha256"] != man.digest:
+            print(f"train_cls: {a.resume} was trained on another manifest", file=sys.stderr)
+            return 2
+        model.load_state_dict(torch.load(a.resume, map_location="cpu"))
+        resumed = {k: previous["metrics"].get(k) for k in ("epochs", "train_loss", "auc")}
+        resumed["recipe"] = previous.get("recipe")
     history = train_balanced(model, model.parameters(), cache, entries, [e[2] for e in entries],
                              a.epochs, a.samples, a.batch, a.lr, rng, "cls")
     val_entries = items(ds, cache, val)
@@ -148,7 +167,8 @@ def main(argv=None) -> int:
         "recipe": {"crop": list(common.CROP), "sampling": "balanced 1:1", "optimizer": f"Adam lr={a.lr}",
                    "batch": a.batch, "augmentation": "jitter (1, 2, 2) voxels, flips, 90-degree rotations, 15 HU noise",
                    "train_positives": int(sum(e[2] for e in entries)),
-                   "train_negatives": int(sum(not e[2] for e in entries))}})
+                   "train_negatives": int(sum(not e[2] for e in entries)),
+                   "negative_margin_mm": a.margin_mm, "resumed_from": resumed}})
     return 0
 
 

@@ -3,6 +3,7 @@
 mod analyze;
 mod check_config;
 mod info;
+mod models;
 mod phantom;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Phantom(phantom::Args),
     /// Validate a configuration file, reporting every bad key at once.
     CheckConfig(check_config::Args),
+    /// List the models in use: role, input, metrics, train/val series and data set.
+    Models(models::Args),
 }
 
 /// The configuration: loaded once from `--config`, or the defaults.
@@ -56,5 +59,6 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Analyze(args) => analyze::run(args, config),
         Command::Phantom(args) => phantom::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Models(args) => models::run(args, config),
     }
 }
