@@ -17,8 +17,8 @@ use std::time::Instant;
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
 Models: defaults are models/segmentation.onnx, models/nodule.onnx and models/malignancy.onnx \
-(relative to the working directory; `[pipeline]` in --config FILE changes them). No default models ship yet, so --seg-model and --nodule-model \
-are required until they do, e.g. with the book's models:
+(relative to the working directory; `[pipeline]` in --config FILE changes them). The shipped defaults are trained on synthetic \
+phantoms (see models/README.md): for real CTs pass real weights, e.g. the book's:
   --seg-model ../shared/models/book/seg_unet.onnx --nodule-model ../shared/models/book/nodule_cls.onnx
 
 Malignancy: `--malignancy-model diameter` (the default when models/malignancy.onnx is absent) is the \

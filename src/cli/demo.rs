@@ -125,8 +125,15 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
             "report     SR {sr_uid} stored after {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        for (k, f) in findings.iter().enumerate() {
-            println!("finding {:>2} {f:?}", k + 1);
+        for f in &findings {
+            let [x, y, z] = f.center_xyz;
+            println!(
+                "finding    {}: ({x:.1}, {y:.1}, {z:.1}) mm, {:.1} mm, p_nodule {:.2}, p_malignant {:.2}",
+                f.tracking_identifier, f.diameter_mm, f.p_nodule, f.p_malignant
+            );
+        }
+        if findings.is_empty() {
+            println!("finding    none");
         }
         match sr::read_answer(&object) {
             Some(true) => println!("Malignant nodules present: yes"),

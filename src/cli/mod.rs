@@ -6,6 +6,7 @@ mod demo;
 mod eval;
 mod info;
 mod model_flags;
+mod models;
 mod phantom;
 mod report;
 mod serve;
@@ -53,6 +54,8 @@ enum Command {
     Eval(eval::Args),
     /// Render a noduled SR as a readable text (and HTML) summary.
     Report(report::Args),
+    /// List the models in use: role, input, metrics, train/val series and data set.
+    Models(models::Args),
 }
 
 /// The configuration: loaded once from `--config`, or the defaults.
@@ -73,5 +76,6 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args, config),
         Command::Eval(args) => eval::run(args, config),
         Command::Report(args) => report::run(args, config),
+        Command::Models(args) => models::run(args, config),
     }
 }

@@ -32,7 +32,7 @@ fn model_path(
         return Ok(default);
     }
     anyhow::bail!(
-        "no {} (no default models ship yet): {flag} is required until they do, e.g. {flag} {example}",
+        "no {} (the default models are missing from models/): pass {flag}, e.g. {flag} {example}",
         default.display()
     )
 }
