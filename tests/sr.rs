@@ -50,6 +50,7 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
         .iter()
         .enumerate()
         .map(|(k, n)| Finding {
+            kind: Default::default(),
             candidate: k,
             center_irc: n.center_irc,
             center_xyz: n.center_xyz,
@@ -59,6 +60,7 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
             diameter_mm: n.diameter_mm,
             p_nodule: 0.9 - 0.01 * k as f64,
             p_malignant: if n.malignant { 0.8 } else { 0.2 } + 0.012345 * k as f64,
+            extent_mm: None,
         })
         .collect();
     let malignant_count = findings.iter().filter(|f| f.is_malignant()).count();
@@ -69,6 +71,7 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
         origin_xyz: geometry.origin_xyz,
         direction: geometry.direction_flat(),
         warnings: vec![],
+        caveats: vec![],
         candidates: vec![],
         findings,
         malignant_present: malignant_count > 0,

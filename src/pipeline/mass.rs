@@ -1,0 +1,407 @@
+//! Masses: lesions larger than anything the nodule classifier was trained on, reported as findings
+//! of kind `mass` whatever the classifier says about them.
+//!
+//! The book's classifier saw LUNA16 nodules of 3–30 mm. On lung-cancer CTs the segmentation does
+//! flag a 5 or 9 cm tumour as one large component, but the classifier, asked about a 32×48×48 crop
+//! of something much bigger than the crop, scores it near 0: a silent "no". Radiology calls a
+//! lesion over 3 cm a **mass** (Fleischner Society glossary, Hansell et al., Radiology 246, 2008:
+//! "any pulmonary, pleural, or mediastinal lesion … greater than 3 cm in diameter"), so:
+//!
+//! 1. **Regions**: the thresholded segmentation (probability > 0.5, before the book's erosion) is
+//!    labelled into 6-connected components; components of at least [`MIN_FRAGMENT_MM`] equivalent
+//!    diameter whose bounding boxes, grown by [`MERGE_GAP_MM`], overlap are merged: the fragments
+//!    of one mass are one region.
+//! 2. **Size** (Fleischner): the region's equivalent diameter `(6V/π)^(1/3)` exceeds
+//!    [`MASS_DIAMETER_MM`] = 30 mm, or its longest bounding-box extent exceeds 30 mm while its
+//!    equivalent diameter is at least [`MIN_ELONGATED_DIAMETER_MM`] (so a long thin vessel is not
+//!    a mass).
+//! 3. **Density**: soft tissue — the median HU of the region within [`SOLID_HU`] (−100 to 200 HU;
+//!    solid in Lung-RADS terms, neither ground glass nor bone).
+//! 4. **In or touching the lung**: at least [`MIN_LUNG_CONTACT`] of the faces between the region
+//!    and its surroundings border aerated lung ([`AERATED_HU`], −950 to −400 HU). Size alone is not a
+//!    rule: in LIDC-IDRI-0001 the four largest components (30–37 mm) are anatomy outside the lung,
+//!    surrounded by soft tissue and fat, and fail this test.
+//!
+//! A region passing all four is a mass finding: its centre is the HU-weighted centre of its voxels
+//! (weights `clamp(HU) + 1001`, as the candidates'), its diameter the equivalent diameter, and its
+//! malignancy follows **Lung-RADS v2022**: a solid lesion ≥ 15 mm is category 4B, and features that
+//! raise suspicion (here: the size of a mass) make it 4X, "very suspicious", malignancy probability
+//! over 15 %. noduled reports p_malignant from the same diameter baseline as nodules
+//! ([`super::malignancy::p_malignant_from_diameter`], above 0.9999 from 30 mm) and every mass counts
+//! as malignant for the answer line. Candidates whose centre lies inside a mass are its fragments:
+//! they are not reported as separate nodules.
+
+use super::group::label;
+use super::{HU_MAX, HU_MIN};
+use crate::volume::Geometry;
+use ndarray::ArrayView3;
+
+/// Over this (mm) a lesion is a mass (Fleischner glossary).
+pub const MASS_DIAMETER_MM: f64 = 30.0;
+/// An elongated region (extent > 30 mm) must still be this thick (equivalent diameter, mm).
+pub const MIN_ELONGATED_DIAMETER_MM: f64 = 20.0;
+/// Components under this equivalent diameter (mm) are never fragments of a mass.
+pub const MIN_FRAGMENT_MM: f64 = 8.0;
+/// Fragments whose bounding boxes come within this distance (mm) are one region.
+pub const MERGE_GAP_MM: f64 = 5.0;
+/// Median HU range of a solid (soft-tissue) mass.
+pub const SOLID_HU: (f32, f32) = (-100.0, 200.0);
+/// HU band of aerated lung around a mass.
+pub const AERATED_HU: (f32, f32) = (-950.0, -400.0);
+/// Least fraction of a mass's boundary faces that border aerated lung.
+pub const MIN_LUNG_CONTACT: f64 = 0.25;
+/// The Lung-RADS v2022 category of every mass.
+pub const LUNG_RADS: &str = "4X";
+
+/// A region of the segmentation and its measurements; a mass when [`Region::is_mass`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    /// HU-weighted centre, fractional (index, row, column).
+    pub center_irc: [f64; 3],
+    /// Voxels of the region (pre-erosion mask).
+    pub voxels: usize,
+    /// Equivalent diameter (mm) of its volume.
+    pub diameter_mm: f64,
+    /// Bounding-box extent (mm) along x, y, z.
+    pub extent_mm: [f64; 3],
+    /// Median HU of its voxels.
+    pub median_hu: f32,
+    /// Fraction of its boundary faces bordering aerated lung.
+    pub lung_contact: f64,
+    /// How many connected components (fragments) were merged into it.
+    pub fragments: usize,
+    /// Inclusive voxel bounding box, (index, row, column).
+    pub bbox: [[usize; 3]; 2],
+    /// Flat (standard-layout) indices of its voxels, sorted.
+    flat: Vec<usize>,
+    shape: [usize; 3],
+}
+
+impl Region {
+    /// The longest extent (mm).
+    pub fn max_extent_mm(&self) -> f64 {
+        self.extent_mm.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Size rule (see the module docs).
+    pub fn mass_sized(&self) -> bool {
+        self.diameter_mm > MASS_DIAMETER_MM
+            || (self.max_extent_mm() > MASS_DIAMETER_MM
+                && self.diameter_mm >= MIN_ELONGATED_DIAMETER_MM)
+    }
+
+    /// Density rule: soft tissue.
+    pub fn solid(&self) -> bool {
+        (SOLID_HU.0..=SOLID_HU.1).contains(&self.median_hu)
+    }
+
+    /// Lung rule: enough of its boundary borders aerated lung.
+    pub fn touches_lung(&self) -> bool {
+        self.lung_contact >= MIN_LUNG_CONTACT
+    }
+
+    /// All rules: a mass.
+    pub fn is_mass(&self) -> bool {
+        self.mass_sized() && self.solid() && self.touches_lung()
+    }
+
+    /// Whether voxel `irc` (fractional, rounded to the nearest voxel) belongs to the region.
+    pub fn contains(&self, irc: [f64; 3]) -> bool {
+        let mut idx = [0usize; 3];
+        for axis in 0..3 {
+            let v = irc[axis].round();
+            if !(v >= 0.0 && v < self.shape[axis] as f64) {
+                return false;
+            }
+            idx[axis] = v as usize;
+        }
+        let p = (idx[0] * self.shape[1] + idx[1]) * self.shape[2] + idx[2];
+        self.flat.binary_search(&p).is_ok()
+    }
+}
+
+/// Per-component bookkeeping during the first pass.
+#[derive(Debug, Clone, Copy)]
+struct Component {
+    count: usize,
+    lo: [usize; 3],
+    hi: [usize; 3],
+}
+
+fn find(parent: &mut [usize], mut k: usize) -> usize {
+    while parent[k] != k {
+        parent[k] = parent[parent[k]];
+        k = parent[k];
+    }
+    k
+}
+
+/// The large regions of the segmentation (`probability > 0.5`), measured, fragments merged; those
+/// with [`Region::is_mass`] are masses. Regions are ordered by their first voxel.
+pub fn regions(
+    hu: ArrayView3<'_, f32>,
+    probability: ArrayView3<'_, f32>,
+    geometry: &Geometry,
+) -> Vec<Region> {
+    let shape = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
+    if shape.contains(&0) || probability.shape() != hu.shape() {
+        return Vec::new();
+    }
+    let mask = super::group::threshold(probability);
+    let (labels, count) = label(mask.view());
+    drop(mask);
+    let labels = labels.as_standard_layout().into_owned();
+    let labels = labels.as_slice().unwrap_or(&[]);
+    let hu = hu.as_standard_layout();
+    let hu = hu.as_slice().unwrap_or(&[]);
+    if labels.len() != hu.len() {
+        return Vec::new();
+    }
+    let (plane, width) = (shape[1] * shape[2], shape[2]);
+    let unflatten = |p: usize| [p / plane, (p % plane) / width, p % width];
+
+    let mut comps = vec![
+        Component {
+            count: 0,
+            lo: [usize::MAX; 3],
+            hi: [0; 3],
+        };
+        count
+    ];
+    for (p, &l) in labels.iter().enumerate() {
+        if l == 0 {
+            continue;
+        }
+        let c = &mut comps[l as usize - 1];
+        let irc = unflatten(p);
+        c.count += 1;
+        for axis in 0..3 {
+            c.lo[axis] = c.lo[axis].min(irc[axis]);
+            c.hi[axis] = c.hi[axis].max(irc[axis]);
+        }
+    }
+    let voxel = geometry.voxel_volume_mm3();
+    let [sx, sy, sz] = geometry.spacing_xyz.map(f64::abs);
+    let axis_mm = [sz, sy, sx];
+    let min_voxels = (std::f64::consts::PI / 6.0 * MIN_FRAGMENT_MM.powi(3) / voxel).ceil() as usize;
+    let big: Vec<usize> = (0..count).filter(|&k| comps[k].count >= min_voxels).collect();
+
+    // Merge fragments whose grown bounding boxes overlap (union-find over the few big ones).
+    let mut parent: Vec<usize> = (0..big.len()).collect();
+    let gap = |axis: usize, a: &Component, b: &Component| {
+        let (lo, hi) = if a.hi[axis] < b.lo[axis] {
+            (a.hi[axis], b.lo[axis])
+        } else if b.hi[axis] < a.lo[axis] {
+            (b.hi[axis], a.lo[axis])
+        } else {
+            return 0.0;
+        };
+        (hi - lo - 1) as f64 * axis_mm[axis]
+    };
+    for i in 0..big.len() {
+        for j in i + 1..big.len() {
+            let (a, b) = (&comps[big[i]], &comps[big[j]]);
+            if (0..3).all(|axis| gap(axis, a, b) <= MERGE_GAP_MM) {
+                let (ri, rj) = (find(&mut parent, i), find(&mut parent, j));
+                parent[rj.max(ri)] = ri.min(rj);
+            }
+        }
+    }
+    // Label → region number (usize::MAX: not in a region).
+    let mut region_of = vec![usize::MAX; count + 1];
+    let mut roots: Vec<usize> = Vec::new();
+    for (i, &k) in big.iter().enumerate() {
+        let root = find(&mut parent, i);
+        let r = match roots.iter().position(|&x| x == root) {
+            Some(r) => r,
+            None => {
+                roots.push(root);
+                roots.len() - 1
+            }
+        };
+        region_of[k + 1] = r;
+    }
+    let n = roots.len();
+    let mut flat: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut fragments = vec![0usize; n];
+    for &k in &big {
+        fragments[region_of[k + 1]] += 1;
+    }
+    for (p, &l) in labels.iter().enumerate() {
+        let r = region_of[l as usize];
+        if r != usize::MAX {
+            flat[r].push(p);
+        }
+    }
+
+    let in_region = |p: usize, r: usize| region_of[labels[p] as usize] == r;
+    let mut out = Vec::with_capacity(n);
+    for (r, voxels) in flat.into_iter().enumerate() {
+        let mut weight = 0f64;
+        let mut moment = [0f64; 3];
+        let mut lo = [usize::MAX; 3];
+        let mut hi = [0usize; 3];
+        let mut values: Vec<f32> = Vec::with_capacity(voxels.len());
+        let (mut faces, mut lung) = (0usize, 0usize);
+        for &p in &voxels {
+            let irc = unflatten(p);
+            let w = (hu[p].clamp(HU_MIN, HU_MAX) + 1001.0) as f64;
+            weight += w;
+            for axis in 0..3 {
+                moment[axis] += w * irc[axis] as f64;
+                lo[axis] = lo[axis].min(irc[axis]);
+                hi[axis] = hi[axis].max(irc[axis]);
+            }
+            values.push(hu[p]);
+            let strides = [plane, width, 1];
+            for axis in 0..3 {
+                for up in [false, true] {
+                    let q = if up {
+                        (irc[axis] + 1 < shape[axis]).then(|| p + strides[axis])
+                    } else {
+                        (irc[axis] > 0).then(|| p - strides[axis])
+                    };
+                    let Some(q) = q else { continue };
+                    if in_region(q, r) {
+                        continue;
+                    }
+                    faces += 1;
+                    if (AERATED_HU.0..=AERATED_HU.1).contains(&hu[q]) {
+                        lung += 1;
+                    }
+                }
+            }
+        }
+        let mid = values.len() / 2;
+        let median_hu = if values.is_empty() {
+            f32::NAN
+        } else {
+            *values.select_nth_unstable_by(mid, f32::total_cmp).1
+        };
+        let extent = |axis: usize| (hi[axis] - lo[axis] + 1) as f64 * axis_mm[axis];
+        out.push(Region {
+            center_irc: moment.map(|m| m / weight),
+            voxels: voxels.len(),
+            diameter_mm: super::group::equivalent_diameter_mm(voxels.len(), voxel),
+            extent_mm: [extent(2), extent(1), extent(0)],
+            median_hu,
+            lung_contact: if faces == 0 {
+                0.0
+            } else {
+                lung as f64 / faces as f64
+            },
+            fragments: fragments[r],
+            bbox: [lo, hi],
+            flat: voxels,
+            shape,
+        });
+    }
+    out
+}
+
+/// The regions of [`regions`] that are masses.
+pub fn masses(
+    hu: ArrayView3<'_, f32>,
+    probability: ArrayView3<'_, f32>,
+    geometry: &Geometry,
+) -> Vec<Region> {
+    let all = regions(hu, probability, geometry);
+    for r in &all {
+        tracing::debug!(
+            center_irc = ?r.center_irc,
+            diameter_mm = r.diameter_mm,
+            extent_mm = ?r.extent_mm,
+            median_hu = r.median_hu,
+            lung_contact = r.lung_contact,
+            fragments = r.fragments,
+            mass = r.is_mass(),
+            "large segmentation region"
+        );
+    }
+    all.into_iter().filter(Region::is_mass).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    /// Lung (-850 HU) with a ball of `radius` voxels of soft tissue (40 HU) at `centre`, which the
+    /// "segmentation" marks; 1 mm voxels.
+    fn scene(shape: [usize; 3], balls: &[([f64; 3], f64)]) -> (Array3<f32>, Array3<f32>) {
+        let mut hu = Array3::from_elem(shape, -850.0f32);
+        let mut prob = Array3::from_elem(shape, 0.0f32);
+        for ((i, r, c), v) in hu.indexed_iter_mut() {
+            for (centre, radius) in balls {
+                let d = ((i as f64 - centre[0]).powi(2)
+                    + (r as f64 - centre[1]).powi(2)
+                    + (c as f64 - centre[2]).powi(2))
+                .sqrt();
+                if d <= *radius {
+                    *v = 40.0;
+                    prob[[i, r, c]] = 0.9;
+                }
+            }
+        }
+        (hu, prob)
+    }
+
+    fn mm1() -> Geometry {
+        Geometry::axial([0.0; 3], [1.0, 1.0, 1.0])
+    }
+
+    #[test]
+    fn a_solid_ball_in_lung_over_30_mm_is_a_mass() {
+        let (hu, prob) = scene([48, 48, 48], &[([24.0, 24.0, 24.0], 17.0)]);
+        let found = masses(hu.view(), prob.view(), &mm1());
+        assert_eq!(found.len(), 1);
+        let m = &found[0];
+        assert!((m.diameter_mm - 34.0).abs() < 1.5, "{}", m.diameter_mm);
+        assert!(m.center_irc.iter().all(|v| (v - 24.0).abs() < 0.01));
+        assert_eq!(m.lung_contact, 1.0);
+        assert!(m.contains([24.0, 24.0, 24.0]) && !m.contains([2.0, 2.0, 2.0]));
+    }
+
+    #[test]
+    fn small_balls_are_not_masses_and_fragments_merge() {
+        let (hu, prob) = scene([48, 48, 48], &[([24.0, 24.0, 24.0], 10.0)]);
+        assert!(masses(hu.view(), prob.view(), &mm1()).is_empty());
+        let all = regions(hu.view(), prob.view(), &mm1());
+        assert_eq!(all.len(), 1);
+        assert!(!all[0].mass_sized());
+        // Two 24 mm halves 3 mm apart: one region of two fragments, over 30 mm long.
+        let (hu, prob) = scene(
+            [40, 40, 72],
+            &[([20.0, 20.0, 21.0], 12.0), ([20.0, 20.0, 48.0], 12.0)],
+        );
+        let all = regions(hu.view(), prob.view(), &mm1());
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].fragments, 2);
+        assert!(all[0].max_extent_mm() > 50.0);
+        assert!(all[0].is_mass(), "{:?}", all[0]);
+    }
+
+    #[test]
+    fn anatomy_outside_the_lung_or_not_solid_is_no_mass() {
+        // The same ball in soft tissue: no lung contact.
+        let (mut hu, prob) = scene([48, 48, 48], &[([24.0, 24.0, 24.0], 17.0)]);
+        hu.mapv_inplace(|v| if v < -800.0 { 45.0 } else { v });
+        let all = regions(hu.view(), prob.view(), &mm1());
+        assert_eq!(all.len(), 1);
+        assert!(all[0].mass_sized() && all[0].solid() && !all[0].touches_lung());
+        // A ground-glass ball in lung: not solid.
+        let (mut hu, prob) = scene([48, 48, 48], &[([24.0, 24.0, 24.0], 17.0)]);
+        hu.mapv_inplace(|v| if v > 0.0 { -600.0 } else { v });
+        let all = regions(hu.view(), prob.view(), &mm1());
+        assert!(!all[0].solid() && !all[0].is_mass());
+    }
+
+    #[test]
+    fn empty_and_mismatched_inputs_give_nothing() {
+        let hu = Array3::from_elem((0, 4, 4), 0.0f32);
+        assert!(regions(hu.view(), hu.view(), &mm1()).is_empty());
+        let hu = Array3::from_elem((2, 4, 4), 0.0f32);
+        let prob = Array3::from_elem((2, 4, 5), 1.0f32);
+        assert!(regions(hu.view(), prob.view(), &mm1()).is_empty());
+    }
+}
