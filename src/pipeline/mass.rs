@@ -50,6 +50,12 @@ pub const SOLID_HU: (f32, f32) = (-100.0, 200.0);
 pub const AERATED_HU: (f32, f32) = (-950.0, -400.0);
 /// Least fraction of a mass's boundary faces that border aerated lung.
 pub const MIN_LUNG_CONTACT: f64 = 0.25;
+/// Least equivalent diameter / longest extent of a mass (a ball is 1, a lobulated mass about 0.7;
+/// sheets of pleura and diaphragm, vessel trees and the aortic arch in LIDC are 0.2–0.45).
+pub const MIN_COMPACTNESS: f64 = 0.55;
+/// Radius (mm) of the box opening that breaks thin bridges (vessels, pleura) between a mass and
+/// anatomy before measuring ([`open_mask`]).
+pub const OPEN_RADIUS_MM: f64 = 4.0;
 /// The Lung-RADS v2022 category of every mass.
 pub const LUNG_RADS: &str = "4X";
 
@@ -100,9 +106,43 @@ impl Region {
         self.lung_contact >= MIN_LUNG_CONTACT
     }
 
+    /// Equivalent diameter over the longest extent: about 1 for a ball, small for sheets and tubes.
+    pub fn compactness(&self) -> f64 {
+        let extent = self.max_extent_mm();
+        if extent > 0.0 {
+            self.diameter_mm / extent
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether it runs from the first to the last slice of a volume of several slices (anatomy
+    /// such as the heart and mediastinum does; a focal lesion in a chest CT does not).
+    pub fn spans_scan(&self) -> bool {
+        self.shape[0] > 1 && self.bbox[0][0] == 0 && self.bbox[1][0] + 1 == self.shape[0]
+    }
+
+    /// Shape rule: compact (see [`MIN_COMPACTNESS`]) and not running through the whole scan.
+    pub fn focal(&self) -> bool {
+        self.compactness() >= MIN_COMPACTNESS && !self.spans_scan()
+    }
+
     /// All rules: a mass.
     pub fn is_mass(&self) -> bool {
-        self.mass_sized() && self.solid() && self.touches_lung()
+        self.mass_sized() && self.solid() && self.touches_lung() && self.focal()
+    }
+
+    /// Fraction of the region's voxels set in `mask` (same shape as the volume).
+    pub fn fraction_in(&self, mask: ArrayView3<'_, bool>) -> f64 {
+        let mask = mask.as_standard_layout();
+        let Some(mask) = mask.as_slice() else {
+            return 0.0;
+        };
+        if self.flat.is_empty() || mask.len() != self.shape.iter().product::<usize>() {
+            return 0.0;
+        }
+        let inside = self.flat.iter().filter(|&&p| mask[p]).count();
+        inside as f64 / self.flat.len() as f64
     }
 
     /// Whether voxel `irc` (fractional, rounded to the nearest voxel) belongs to the region.
@@ -143,13 +183,26 @@ pub fn regions(
     probability: ArrayView3<'_, f32>,
     geometry: &Geometry,
 ) -> Vec<Region> {
-    let shape = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
-    if shape.contains(&0) || probability.shape() != hu.shape() {
+    if probability.shape() != hu.shape() {
         return Vec::new();
     }
     let mask = super::group::threshold(probability);
-    let (labels, count) = label(mask.view());
-    drop(mask);
+    regions_of_mask(hu, mask.view(), geometry, MERGE_GAP_MM)
+}
+
+/// The components of `mask` of at least [`MIN_FRAGMENT_MM`], measured; those whose bounding
+/// boxes come within `gap_mm` are merged (negative: never merged).
+pub fn regions_of_mask(
+    hu: ArrayView3<'_, f32>,
+    mask: ArrayView3<'_, bool>,
+    geometry: &Geometry,
+    gap_mm: f64,
+) -> Vec<Region> {
+    let shape = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
+    if shape.contains(&0) || mask.shape() != hu.shape() {
+        return Vec::new();
+    }
+    let (labels, count) = label(mask);
     let labels = labels.as_standard_layout().into_owned();
     let labels = labels.as_slice().unwrap_or(&[]);
     let hu = hu.as_standard_layout();
@@ -201,7 +254,7 @@ pub fn regions(
     for i in 0..big.len() {
         for j in i + 1..big.len() {
             let (a, b) = (&comps[big[i]], &comps[big[j]]);
-            if (0..3).all(|axis| gap(axis, a, b) <= MERGE_GAP_MM) {
+            if (0..3).all(|axis| gap(axis, a, b) <= gap_mm) {
                 let (ri, rj) = (find(&mut parent, i), find(&mut parent, j));
                 parent[rj.max(ri)] = ri.min(rj);
             }
@@ -299,13 +352,26 @@ pub fn regions(
     out
 }
 
-/// The regions of [`regions`] that are masses.
+/// The masses of a volume given the segmentation's probability map: the thresholded segmentation
+/// within the [`lung_envelope`], opened ([`open_mask`]) so that thin bridges to anatomy break,
+/// measured ([`regions_of_mask`], no bounding-box merging), and kept where [`Region::is_mass`].
 pub fn masses(
     hu: ArrayView3<'_, f32>,
     probability: ArrayView3<'_, f32>,
     geometry: &Geometry,
 ) -> Vec<Region> {
-    let all = regions(hu, probability, geometry);
+    if probability.shape() != hu.shape() || hu.is_empty() {
+        return Vec::new();
+    }
+    let envelope = lung_envelope(hu, geometry.spacing_xyz);
+    let mut mask = super::group::threshold(probability);
+    ndarray::Zip::from(&mut mask)
+        .and(&envelope)
+        .for_each(|m, &e| *m = *m && e);
+    drop(envelope);
+    let opened = open_mask(mask.view(), geometry);
+    drop(mask);
+    let all = regions_of_mask(hu, opened.view(), geometry, -1.0);
     for r in &all {
         tracing::debug!(
             center_irc = ?r.center_irc,
@@ -314,11 +380,274 @@ pub fn masses(
             median_hu = r.median_hu,
             lung_contact = r.lung_contact,
             fragments = r.fragments,
+            compactness = r.compactness(),
+            spans_scan = r.spans_scan(),
             mass = r.is_mass(),
             "large segmentation region"
         );
     }
-    all.into_iter().filter(Region::is_mass).collect()
+    let pieces: Vec<Region> = all.into_iter().filter(Region::is_mass).collect();
+    if pieces.len() < 2 {
+        return pieces;
+    }
+    // Pieces of one mass (the opening can cut a lobulated mass in two) within MERGE_GAP_MM of
+    // each other are one mass, measured again as a whole.
+    let mut union = ndarray::Array3::from_elem(hu.dim(), false);
+    if let Some(flat) = union.as_slice_mut() {
+        for piece in &pieces {
+            for &p in &piece.flat {
+                flat[p] = true;
+            }
+        }
+    }
+    regions_of_mask(hu, union.view(), geometry, MERGE_GAP_MM)
+}
+
+/// Morphological opening of `mask` by a box of half-widths [`OPEN_RADIUS_MM`] (rounded to voxels
+/// per axis): the union of the boxes that fit inside the mask. Structures thinner than the box
+/// (vessels, pleural strips, the bridges joining a mass to them) disappear; compact regions keep
+/// their shape. Computed per connected component large enough to matter, in its bounding box.
+pub fn open_mask(mask: ArrayView3<'_, bool>, geometry: &Geometry) -> ndarray::Array3<bool> {
+    use ndarray::s;
+    let dim = mask.dim();
+    let mut out = ndarray::Array3::from_elem(dim, false);
+    let [sx, sy, sz] = geometry.spacing_xyz.map(f64::abs);
+    let half = [sz, sy, sx].map(|sp| {
+        if sp > 0.0 {
+            (OPEN_RADIUS_MM / sp).round() as usize
+        } else {
+            0
+        }
+    });
+    let (labels, count) = label(mask);
+    let mut lo = vec![[usize::MAX; 3]; count];
+    let mut hi = vec![[0usize; 3]; count];
+    let mut n = vec![0usize; count];
+    for ((i, r, c), &l) in labels.indexed_iter() {
+        if l == 0 {
+            continue;
+        }
+        let k = l as usize - 1;
+        n[k] += 1;
+        for (axis, v) in [i, r, c].into_iter().enumerate() {
+            lo[k][axis] = lo[k][axis].min(v);
+            hi[k][axis] = hi[k][axis].max(v);
+        }
+    }
+    let voxel = geometry.voxel_volume_mm3();
+    let min_voxels = (std::f64::consts::PI / 6.0 * MIN_FRAGMENT_MM.powi(3) / voxel).ceil() as usize;
+    for k in (0..count).filter(|&k| n[k] >= min_voxels) {
+        let l = k as u32 + 1;
+        let sub = labels.slice(s![lo[k][0]..=hi[k][0], lo[k][1]..=hi[k][1], lo[k][2]..=hi[k][2]]);
+        let own = sub.mapv(|v| v == l);
+        let mut opened = own.clone();
+        for axis in 0..3 {
+            opened = box_filter(&opened, axis, half[axis], false);
+        }
+        for axis in 0..3 {
+            opened = box_filter(&opened, axis, half[axis], true);
+        }
+        let mut target =
+            out.slice_mut(s![lo[k][0]..=hi[k][0], lo[k][1]..=hi[k][1], lo[k][2]..=hi[k][2]]);
+        ndarray::Zip::from(&mut target)
+            .and(&opened)
+            .and(&own)
+            .for_each(|t, &o, &m| *t = *t || (o && m));
+    }
+    out
+}
+
+/// One axis of a box erosion (`dilate` false: all of the window set; outside is background) or
+/// dilation (`dilate` true: any of the window set), window `2 * half + 1`.
+fn box_filter(
+    input: &ndarray::Array3<bool>,
+    axis: usize,
+    half: usize,
+    dilate: bool,
+) -> ndarray::Array3<bool> {
+    if half == 0 {
+        return input.clone();
+    }
+    let mut out = input.clone();
+    let len = input.len_of(ndarray::Axis(axis));
+    for (lane_in, mut lane_out) in input
+        .lanes(ndarray::Axis(axis))
+        .into_iter()
+        .zip(out.lanes_mut(ndarray::Axis(axis)))
+    {
+        // Prefix sums of set voxels make every window O(1).
+        let mut prefix = vec![0usize; len + 1];
+        for (j, &v) in lane_in.iter().enumerate() {
+            prefix[j + 1] = prefix[j] + usize::from(v);
+        }
+        for j in 0..len {
+            let a = j.saturating_sub(half);
+            let b = (j + half).min(len - 1);
+            let set = prefix[b + 1] - prefix[a];
+            lane_out[j] = if dilate {
+                set > 0
+            } else {
+                // Outside the volume counts as background: a window cut by the border fails.
+                j >= half && j + half < len && set == 2 * half + 1
+            };
+        }
+    }
+    out
+}
+
+/// Inside-body air below this (HU) is lung for the envelope.
+pub const ENVELOPE_AIR_HU: f32 = -400.0;
+/// 2D air components smaller than this (mm²) in a slice are not a lung (trachea, bowel gas).
+pub const MIN_LUNG_AREA_MM2: f64 = 400.0;
+
+/// The lung envelope: per axial slice, the union of the convex hulls of each lung, where a lung is
+/// a 4-connected region of air (< -400 HU) not connected to the slice's border (the air around the
+/// patient) of at least 400 mm². A mass against the chest wall or the mediastinum indents its
+/// lung's outline and lies inside that lung's hull; the heart, the mediastinum, the chest wall and
+/// the spine lie outside both hulls (but for the part of the heart in the left lung's cardiac
+/// notch).
+pub fn lung_envelope(hu: ArrayView3<'_, f32>, spacing_xyz: [f64; 3]) -> ndarray::Array3<bool> {
+    use rayon::prelude::*;
+    let (n, h, w) = hu.dim();
+    let mut out = ndarray::Array3::from_elem((n, h, w), false);
+    let pixel_mm2 = (spacing_xyz[0] * spacing_xyz[1]).abs();
+    let min_pixels = (MIN_LUNG_AREA_MM2 / pixel_mm2).ceil() as usize;
+    let mut planes: Vec<ndarray::ArrayViewMut2<'_, bool>> = out.outer_iter_mut().collect();
+    planes
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let slice = hu.index_axis(ndarray::Axis(0), i);
+            let air: Vec<bool> = slice.iter().map(|&v| v < ENVELOPE_AIR_HU).collect();
+            // 0: not air, 1: outside air, 2..: lung components.
+            let mut mark = vec![0u32; h * w];
+            let mut stack = Vec::new();
+            let fill = |start: usize, id: u32, mark: &mut Vec<u32>, stack: &mut Vec<usize>| {
+                let mut pixels = Vec::new();
+                mark[start] = id;
+                stack.push(start);
+                while let Some(p) = stack.pop() {
+                    pixels.push(p);
+                    let (r, c) = (p / w, p % w);
+                    let mut visit = |q: usize| {
+                        if air[q] && mark[q] == 0 {
+                            mark[q] = id;
+                            stack.push(q);
+                        }
+                    };
+                    if r > 0 {
+                        visit(p - w);
+                    }
+                    if r + 1 < h {
+                        visit(p + w);
+                    }
+                    if c > 0 {
+                        visit(p - 1);
+                    }
+                    if c + 1 < w {
+                        visit(p + 1);
+                    }
+                }
+                pixels
+            };
+            for r in 0..h {
+                for c in 0..w {
+                    let border = r == 0 || c == 0 || r + 1 == h || c + 1 == w;
+                    let p = r * w + c;
+                    if border && air[p] && mark[p] == 0 {
+                        fill(p, 1, &mut mark, &mut stack);
+                    }
+                }
+            }
+            let mut next = 2;
+            for p in 0..h * w {
+                if !air[p] || mark[p] != 0 {
+                    continue;
+                }
+                let pixels = fill(p, next, &mut mark, &mut stack);
+                next += 1;
+                if pixels.len() < min_pixels {
+                    continue;
+                }
+                // Leftmost and rightmost pixel of each row are enough for the hull.
+                let mut ends: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
+                for &q in &pixels {
+                    let (r, c) = (q / w, q % w);
+                    let e = ends.entry(r).or_insert((c, c));
+                    e.0 = e.0.min(c);
+                    e.1 = e.1.max(c);
+                }
+                let mut points: Vec<(f64, f64)> = Vec::with_capacity(2 * ends.len());
+                for (&r, &(c0, c1)) in &ends {
+                    points.push((c0 as f64, r as f64));
+                    points.push((c1 as f64, r as f64));
+                }
+                let hull = convex_hull(points);
+                fill_convex(&hull, plane);
+            }
+        });
+    out
+}
+
+/// Convex hull (Andrew's monotone chain), counter-clockwise, of (x, y) points.
+fn convex_hull(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    points.dedup();
+    if points.len() < 3 {
+        return points;
+    }
+    let cross = |o: (f64, f64), a: (f64, f64), b: (f64, f64)| {
+        (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
+    };
+    let mut hull: Vec<(f64, f64)> = Vec::with_capacity(points.len() + 1);
+    for &p in points.iter().chain(points.iter().rev().skip(1)) {
+        // The lower hull, then (second pass) the upper hull, sharing the end points.
+        while hull.len() >= 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0.0 {
+            hull.pop();
+        }
+        hull.push(p);
+    }
+    hull.pop();
+    hull
+}
+
+/// Sets every pixel (column x, row y) of `plane` inside the convex polygon `hull` (or on it).
+fn fill_convex(hull: &[(f64, f64)], plane: &mut ndarray::ArrayViewMut2<'_, bool>) {
+    let (h, w) = plane.dim();
+    if hull.is_empty() {
+        return;
+    }
+    let y_lo = hull.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).max(0.0) as usize;
+    let y_hi = (hull.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) as usize).min(h - 1);
+    for y in y_lo..=y_hi {
+        let yf = y as f64;
+        let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+        for k in 0..hull.len() {
+            let a = hull[k];
+            let b = hull[(k + 1) % hull.len()];
+            if (a.1 - yf) * (b.1 - yf) > 0.0 {
+                continue; // the edge does not reach this row
+            }
+            let xs = if a.1 == b.1 {
+                [a.0, b.0]
+            } else {
+                let x = a.0 + (yf - a.1) / (b.1 - a.1) * (b.0 - a.0);
+                [x, x]
+            };
+            for x in xs {
+                x0 = x0.min(x);
+                x1 = x1.max(x);
+            }
+        }
+        if x0 > x1 {
+            continue;
+        }
+        let c0 = x0.ceil().max(0.0) as usize;
+        let c1 = (x1.floor().max(0.0) as usize).min(w - 1);
+        for c in c0..=c1 {
+            plane[[y, c]] = true;
+        }
+    }
 }
 
 #[cfg(test)]
