@@ -24,7 +24,10 @@ fn book_models() -> Option<PathBuf> {
     if book.join("seg_unet.onnx").is_file() && book.join("nodule_cls.onnx").is_file() {
         Some(book)
     } else {
-        eprintln!("skipping: the book models are absent from {}", book.display());
+        eprintln!(
+            "skipping: the book models are absent from {}",
+            book.display()
+        );
         None
     }
 }
@@ -115,7 +118,10 @@ fn phantom_masses_touch_the_wall_and_are_annotated() {
         .map(|l| l.rsplit(',').next().unwrap())
         .collect();
     assert_eq!(kinds.iter().filter(|k| **k == "mass").count(), 1, "{csv}");
-    assert!(kinds.iter().all(|k| *k == "mass" || *k == "nodule"), "{csv}");
+    assert!(
+        kinds.iter().all(|k| *k == "mass" || *k == "nodule"),
+        "{csv}"
+    );
     // Bad mass sizes are refused by the spec check.
     for bad in [10.0, 95.0, f64::NAN] {
         let spec = PhantomSpec {
@@ -151,12 +157,19 @@ fn mass_is_found(seed: u64, diameter: f64) {
     );
     let m = masses[0];
     let off = distance(m.center_xyz, truth.center_xyz);
-    assert!(off <= 10.0, "{diameter} mm mass found {off:.1} mm from its centre");
+    assert!(
+        off <= 10.0,
+        "{diameter} mm mass found {off:.1} mm from its centre"
+    );
     assert!(m.is_malignant() && m.p_malignant > 0.99);
     assert!(m.diameter_mm > 20.0, "{m:?}");
     assert!(analysis.malignant_present && analysis.malignant_count >= 1);
     // No nodule finding inside the mass: its fragments are the mass.
-    for f in analysis.findings.iter().filter(|f| f.kind == FindingKind::Nodule) {
+    for f in analysis
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::Nodule)
+    {
         assert!(
             distance(f.center_xyz, truth.center_xyz) > diameter / 2.0,
             "nodule finding inside the mass: {f:?}"
@@ -181,7 +194,10 @@ fn mass_is_found(seed: u64, diameter: f64) {
     let obj = dicom_object::open_file(&path).expect("SR readable");
     assert_eq!(sr::read_answer(&obj), Some(true));
     let read = sr::read_findings(&obj).expect("findings read back");
-    let read_masses: Vec<_> = read.iter().filter(|f| f.kind == FindingKind::Mass).collect();
+    let read_masses: Vec<_> = read
+        .iter()
+        .filter(|f| f.kind == FindingKind::Mass)
+        .collect();
     assert_eq!(read_masses.len(), 1);
     assert!(read_masses[0].malignant && read_masses[0].p_nodule.is_nan());
     assert!(read_masses[0].tracking_identifier.starts_with("mass "));
@@ -194,8 +210,12 @@ fn dciodvfy_clean(path: &Path) {
         eprintln!("skipping the dciodvfy check: {} is absent", tool.display());
         return;
     }
-    let out = Command::new(tool).arg(path).output().expect("dciodvfy runs");
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let out = Command::new(tool)
+        .arg(path)
+        .output()
+        .expect("dciodvfy runs");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
     assert!(errors.is_empty(), "dciodvfy errors:\n{text}");
 }
@@ -264,7 +284,9 @@ fn twenty_slices_of_8_mm_are_analysed_with_caveats_or_refused() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     for name in ["thick-slices", "few-slices"] {
         assert!(
-            stdout.lines().any(|l| l.starts_with("caveat") && l.contains(name)),
+            stdout
+                .lines()
+                .any(|l| l.starts_with("caveat") && l.contains(name)),
             "no `{name}` caveat line:\n{stdout}"
         );
     }
@@ -288,7 +310,12 @@ fn twenty_slices_of_8_mm_are_analysed_with_caveats_or_refused() {
     let config = dir.path().join("refuse.toml");
     std::fs::write(&config, "[caveats]\nfew-slices = \"refuse\"\n").unwrap();
     let refused_sr = dir.path().join("refused.dcm");
-    let mut args = vec!["--config", config.to_str().unwrap(), "analyze", series.as_str()];
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "analyze",
+        series.as_str(),
+    ];
     args.extend(models);
     args.extend(["--sr", refused_sr.to_str().unwrap()]);
     let out = noduled(&args);
@@ -327,7 +354,10 @@ fn very_short_volumes_do_not_panic() {
 }
 
 /// Writes a phantom series, then sets `edit` on every file (a real DICOM round trip).
-fn written_series(spec: &PhantomSpec, edit: impl Fn(&mut dicom_object::DefaultDicomObject)) -> (tempfile::TempDir, PathBuf) {
+fn written_series(
+    spec: &PhantomSpec,
+    edit: impl Fn(&mut dicom_object::DefaultDicomObject),
+) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let p = phantom::generate(spec);
     let files = phantom::write_series(&p, dir.path()).unwrap();
@@ -363,7 +393,11 @@ fn contrast_and_low_dose_come_from_the_dicom_header() {
     use dicom_dictionary_std::tags;
     let (_keep, plain) = written_series(&small_spec(), |_| {});
     let volume = dicom::load_series(&plain, None).unwrap();
-    assert!(caveats::of_series(&volume).is_empty(), "{:?}", caveats::of_series(&volume));
+    assert!(
+        caveats::of_series(&volume).is_empty(),
+        "{:?}",
+        caveats::of_series(&volume)
+    );
 
     let (_keep, flagged) = written_series(&small_spec(), |obj| {
         obj.put(DataElement::new(
@@ -391,19 +425,27 @@ fn pixel_spacing_thick_slices_and_lung_field_of_phantoms() {
         pixel_spacing_mm: Some(1.25),
         ..small_spec()
     });
-    assert_eq!(names(&caveats::of_series(&wide.volume)), [CaveatKind::PixelSpacing]);
+    assert_eq!(
+        names(&caveats::of_series(&wide.volume)),
+        [CaveatKind::PixelSpacing]
+    );
     let thick = phantom::generate(&PhantomSpec {
         slice_step_mm: Some(5.0),
         ..small_spec()
     });
-    assert_eq!(names(&caveats::of_series(&thick.volume)), [CaveatKind::ThickSlices]);
+    assert_eq!(
+        names(&caveats::of_series(&thick.volume)),
+        [CaveatKind::ThickSlices]
+    );
     // A chest has lung; a volume of soft tissue (e.g. an abdomen) has none.
     let chest = phantom::generate(&small_spec());
     let fraction = caveats::lung_fraction(chest.volume.hu.view());
     assert!(fraction > 0.1, "lung fraction {fraction}");
     assert!(caveats::of_lung_field(fraction).is_none());
     let mut belly = chest.volume.clone();
-    belly.hu.mapv_inplace(|v| if v < -200.0 && v > -990.0 { 40.0 } else { v });
+    belly
+        .hu
+        .mapv_inplace(|v| if v < -200.0 && v > -990.0 { 40.0 } else { v });
     let caveat = caveats::of_lung_field(caveats::lung_fraction(belly.hu.view()));
     assert_eq!(caveat.map(|c| c.name), Some(CaveatKind::NoLungField));
 }
@@ -440,7 +482,11 @@ fn models_trained_on_synthetic_data_carry_a_caveat() {
     let volume = phantom::generate(&small_spec()).volume;
     let found = pipeline.caveats(&volume);
     assert_eq!(names(&found), [CaveatKind::SyntheticModels]);
-    assert!(found[0].detail.contains("synthetic_cls.onnx"), "{}", found[0]);
+    assert!(
+        found[0].detail.contains("synthetic_cls.onnx"),
+        "{}",
+        found[0]
+    );
     // The book's own models are not flagged.
     assert!(self::pipeline(&book).caveats(&volume).is_empty());
     let refusing = pipeline.with_caveat_policies(noduled::pipeline::CaveatPolicies {
@@ -452,7 +498,8 @@ fn models_trained_on_synthetic_data_carry_a_caveat() {
 }
 
 /// The LIDC cases keep their LUNA16 nodules (a finding within 0.7 × diameter each) and no region
-/// of theirs is a mass (their largest components are anatomy, outside the lung).
+/// of theirs is a mass (their largest components are anatomy, outside the lung); their caveats are
+/// the ones their headers call for.
 #[test]
 fn lidc_cases_keep_their_nodules_and_gain_no_mass() {
     let Some(book) = book_models() else { return };
@@ -468,8 +515,14 @@ fn lidc_cases_keep_their_nodules_and_gain_no_mass() {
             .filter(|f| f.kind == FindingKind::Mass)
             .collect();
         assert!(masses.is_empty(), "{case}: masses {masses:#?}");
-        assert!(analysis.caveats.is_empty(), "{case}: {:?}", analysis.caveats);
-        for a in annotations.iter().filter(|a| a.series_uid == volume.series.series_uid) {
+        // Both LIDC cases were scanned with IV contrast (ContrastBolusAgent "IV"): that caveat, and
+        // no other (2.5 mm slices, 0.70 and 0.82 mm pixels, over 130 slices, lung, book models).
+        assert!(volume.series.contrast_agent.is_some(), "{case}");
+        assert_eq!(names(&analysis.caveats), [CaveatKind::Contrast], "{case}");
+        for a in annotations
+            .iter()
+            .filter(|a| a.series_uid == volume.series.series_uid)
+        {
             let hit = analysis
                 .findings
                 .iter()

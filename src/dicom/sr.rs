@@ -660,7 +660,11 @@ fn measurement_group(
         code_value(
             "HAS CONCEPT MOD",
             &codes::FINDING,
-            if is_mass { &codes::MASS } else { &codes::NODULE },
+            if is_mass {
+                &codes::MASS
+            } else {
+                &codes::NODULE
+            },
         ),
         code_value("HAS CONCEPT MOD", &codes::FINDING_SITE, &codes::LUNG),
         algorithm,

@@ -211,7 +211,11 @@ pub fn of_series(volume: &Volume) -> Vec<Caveat> {
             ),
         ));
     }
-    if let Some(agent) = series.contrast_agent.as_deref().filter(|a| says_contrast(a)) {
+    if let Some(agent) = series
+        .contrast_agent
+        .as_deref()
+        .filter(|a| says_contrast(a))
+    {
         out.push(Caveat::new(
             CaveatKind::Contrast,
             format!("contrast agent {agent:?} (ContrastBolusAgent): models not validated on contrast-enhanced CT"),
@@ -294,12 +298,14 @@ pub fn synthetic_model(info: &ModelInfo) -> bool {
     if let Some(v) = flag {
         return matches!(v.as_str(), "true" | "yes" | "1");
     }
-    ["noduled.source", "noduled.train_series"].iter().any(|key| {
-        info.metadata.get(*key).is_some_and(|v| {
-            let v = v.to_ascii_lowercase();
-            v.contains("synthetic") || v.contains("phantom")
+    ["noduled.source", "noduled.train_series"]
+        .iter()
+        .any(|key| {
+            info.metadata.get(*key).is_some_and(|v| {
+                let v = v.to_ascii_lowercase();
+                v.contains("synthetic") || v.contains("phantom")
+            })
         })
-    })
 }
 
 /// The `synthetic-models` caveat naming every model trained on synthetic data, if any.
@@ -452,7 +458,10 @@ mod tests {
     fn synthetic_models_by_metadata() {
         let book = info(
             "nodule_cls.onnx",
-            &[("noduled.source", "Deep Learning with PyTorch, ch. 14, LUNA16")],
+            &[(
+                "noduled.source",
+                "Deep Learning with PyTorch, ch. 14, LUNA16",
+            )],
         );
         let flagged = info("seg.onnx", &[("noduled.synthetic", "true")]);
         let phantom = info(
@@ -461,14 +470,19 @@ mod tests {
         );
         let denied = info(
             "x.onnx",
-            &[("noduled.synthetic", "false"), ("noduled.source", "phantom")],
+            &[
+                ("noduled.synthetic", "false"),
+                ("noduled.source", "phantom"),
+            ],
         );
         assert!(!synthetic_model(&book) && !synthetic_model(&denied));
         assert!(synthetic_model(&flagged) && synthetic_model(&phantom));
         assert!(of_models([&book, &denied]).is_none());
         let c = of_models([&book, &flagged, &phantom]).unwrap();
         assert_eq!(c.name, CaveatKind::SyntheticModels);
-        assert!(c.detail.starts_with("seg.onnx, cls.onnx trained on synthetic data"));
+        assert!(c
+            .detail
+            .starts_with("seg.onnx, cls.onnx trained on synthetic data"));
     }
 
     #[test]

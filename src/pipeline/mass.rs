@@ -247,16 +247,18 @@ pub fn regions_of_mask(
         let c = &mut comps[l as usize - 1];
         let irc = unflatten(p);
         c.count += 1;
-        for axis in 0..3 {
-            c.lo[axis] = c.lo[axis].min(irc[axis]);
-            c.hi[axis] = c.hi[axis].max(irc[axis]);
+        for (axis, &v) in irc.iter().enumerate() {
+            c.lo[axis] = c.lo[axis].min(v);
+            c.hi[axis] = c.hi[axis].max(v);
         }
     }
     let voxel = geometry.voxel_volume_mm3();
     let [sx, sy, sz] = geometry.spacing_xyz.map(f64::abs);
     let axis_mm = [sz, sy, sx];
     let min_voxels = (std::f64::consts::PI / 6.0 * MIN_FRAGMENT_MM.powi(3) / voxel).ceil() as usize;
-    let big: Vec<usize> = (0..count).filter(|&k| comps[k].count >= min_voxels).collect();
+    let big: Vec<usize> = (0..count)
+        .filter(|&k| comps[k].count >= min_voxels)
+        .collect();
 
     // Merge fragments whose grown bounding boxes overlap (union-find over the few big ones).
     let mut parent: Vec<usize> = (0..big.len()).collect();
@@ -478,17 +480,24 @@ pub fn open_mask(mask: ArrayView3<'_, bool>, geometry: &Geometry) -> ndarray::Ar
     let min_voxels = (std::f64::consts::PI / 6.0 * MIN_FRAGMENT_MM.powi(3) / voxel).ceil() as usize;
     for k in (0..count).filter(|&k| n[k] >= min_voxels) {
         let l = k as u32 + 1;
-        let sub = labels.slice(s![lo[k][0]..=hi[k][0], lo[k][1]..=hi[k][1], lo[k][2]..=hi[k][2]]);
+        let sub = labels.slice(s![
+            lo[k][0]..=hi[k][0],
+            lo[k][1]..=hi[k][1],
+            lo[k][2]..=hi[k][2]
+        ]);
         let own = sub.mapv(|v| v == l);
         let mut opened = own.clone();
-        for axis in 0..3 {
-            opened = box_filter(&opened, axis, half[axis], false);
+        for (axis, &h) in half.iter().enumerate() {
+            opened = box_filter(&opened, axis, h, false);
         }
-        for axis in 0..3 {
-            opened = box_filter(&opened, axis, half[axis], true);
+        for (axis, &h) in half.iter().enumerate() {
+            opened = box_filter(&opened, axis, h, true);
         }
-        let mut target =
-            out.slice_mut(s![lo[k][0]..=hi[k][0], lo[k][1]..=hi[k][1], lo[k][2]..=hi[k][2]]);
+        let mut target = out.slice_mut(s![
+            lo[k][0]..=hi[k][0],
+            lo[k][1]..=hi[k][1],
+            lo[k][2]..=hi[k][2]
+        ]);
         ndarray::Zip::from(&mut target)
             .and(&opened)
             .and(&own)
@@ -553,79 +562,76 @@ pub fn lung_envelope(hu: ArrayView3<'_, f32>, spacing_xyz: [f64; 3]) -> ndarray:
     let pixel_mm2 = (spacing_xyz[0] * spacing_xyz[1]).abs();
     let min_pixels = (MIN_LUNG_AREA_MM2 / pixel_mm2).ceil() as usize;
     let mut planes: Vec<ndarray::ArrayViewMut2<'_, bool>> = out.outer_iter_mut().collect();
-    planes
-        .par_iter_mut()
-        .enumerate()
-        .for_each(|(i, plane)| {
-            let slice = hu.index_axis(ndarray::Axis(0), i);
-            let air: Vec<bool> = slice.iter().map(|&v| v < ENVELOPE_AIR_HU).collect();
-            // 0: not air, 1: outside air, 2..: lung components.
-            let mut mark = vec![0u32; h * w];
-            let mut stack = Vec::new();
-            let fill = |start: usize, id: u32, mark: &mut Vec<u32>, stack: &mut Vec<usize>| {
-                let mut pixels = Vec::new();
-                mark[start] = id;
-                stack.push(start);
-                while let Some(p) = stack.pop() {
-                    pixels.push(p);
-                    let (r, c) = (p / w, p % w);
-                    let mut visit = |q: usize| {
-                        if air[q] && mark[q] == 0 {
-                            mark[q] = id;
-                            stack.push(q);
-                        }
-                    };
-                    if r > 0 {
-                        visit(p - w);
+    planes.par_iter_mut().enumerate().for_each(|(i, plane)| {
+        let slice = hu.index_axis(ndarray::Axis(0), i);
+        let air: Vec<bool> = slice.iter().map(|&v| v < ENVELOPE_AIR_HU).collect();
+        // 0: not air, 1: outside air, 2..: lung components.
+        let mut mark = vec![0u32; h * w];
+        let mut stack = Vec::new();
+        let fill = |start: usize, id: u32, mark: &mut Vec<u32>, stack: &mut Vec<usize>| {
+            let mut pixels = Vec::new();
+            mark[start] = id;
+            stack.push(start);
+            while let Some(p) = stack.pop() {
+                pixels.push(p);
+                let (r, c) = (p / w, p % w);
+                let mut visit = |q: usize| {
+                    if air[q] && mark[q] == 0 {
+                        mark[q] = id;
+                        stack.push(q);
                     }
-                    if r + 1 < h {
-                        visit(p + w);
-                    }
-                    if c > 0 {
-                        visit(p - 1);
-                    }
-                    if c + 1 < w {
-                        visit(p + 1);
-                    }
+                };
+                if r > 0 {
+                    visit(p - w);
                 }
-                pixels
-            };
-            for r in 0..h {
-                for c in 0..w {
-                    let border = r == 0 || c == 0 || r + 1 == h || c + 1 == w;
-                    let p = r * w + c;
-                    if border && air[p] && mark[p] == 0 {
-                        fill(p, 1, &mut mark, &mut stack);
-                    }
+                if r + 1 < h {
+                    visit(p + w);
+                }
+                if c > 0 {
+                    visit(p - 1);
+                }
+                if c + 1 < w {
+                    visit(p + 1);
                 }
             }
-            let mut next = 2;
-            for p in 0..h * w {
-                if !air[p] || mark[p] != 0 {
-                    continue;
+            pixels
+        };
+        for r in 0..h {
+            for c in 0..w {
+                let border = r == 0 || c == 0 || r + 1 == h || c + 1 == w;
+                let p = r * w + c;
+                if border && air[p] && mark[p] == 0 {
+                    fill(p, 1, &mut mark, &mut stack);
                 }
-                let pixels = fill(p, next, &mut mark, &mut stack);
-                next += 1;
-                if pixels.len() < min_pixels {
-                    continue;
-                }
-                // Leftmost and rightmost pixel of each row are enough for the hull.
-                let mut ends: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
-                for &q in &pixels {
-                    let (r, c) = (q / w, q % w);
-                    let e = ends.entry(r).or_insert((c, c));
-                    e.0 = e.0.min(c);
-                    e.1 = e.1.max(c);
-                }
-                let mut points: Vec<(f64, f64)> = Vec::with_capacity(2 * ends.len());
-                for (&r, &(c0, c1)) in &ends {
-                    points.push((c0 as f64, r as f64));
-                    points.push((c1 as f64, r as f64));
-                }
-                let hull = convex_hull(points);
-                fill_convex(&hull, plane);
             }
-        });
+        }
+        let mut next = 2;
+        for p in 0..h * w {
+            if !air[p] || mark[p] != 0 {
+                continue;
+            }
+            let pixels = fill(p, next, &mut mark, &mut stack);
+            next += 1;
+            if pixels.len() < min_pixels {
+                continue;
+            }
+            // Leftmost and rightmost pixel of each row are enough for the hull.
+            let mut ends: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
+            for &q in &pixels {
+                let (r, c) = (q / w, q % w);
+                let e = ends.entry(r).or_insert((c, c));
+                e.0 = e.0.min(c);
+                e.1 = e.1.max(c);
+            }
+            let mut points: Vec<(f64, f64)> = Vec::with_capacity(2 * ends.len());
+            for (&r, &(c0, c1)) in &ends {
+                points.push((c0 as f64, r as f64));
+                points.push((c1 as f64, r as f64));
+            }
+            let hull = convex_hull(points);
+            fill_convex(&hull, plane);
+        }
+    });
     out
 }
 
@@ -664,7 +670,11 @@ fn fill_convex(hull: &[(f64, f64)], plane: &mut ndarray::ArrayViewMut2<'_, bool>
     if hull.is_empty() {
         return;
     }
-    let y_lo = hull.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).max(0.0) as usize;
+    let y_lo = hull
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min)
+        .max(0.0) as usize;
     let y_hi = (hull.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) as usize).min(h - 1);
     for y in y_lo..=y_hi {
         let yf = y as f64;
@@ -757,7 +767,11 @@ mod tests {
         let found = masses(hu.view(), prob.view(), &mm1());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].fragments, 2);
-        assert!((found[0].center_irc[2] - 43.5).abs() < 1.0, "{:?}", found[0]);
+        assert!(
+            (found[0].center_irc[2] - 43.5).abs() < 1.0,
+            "{:?}",
+            found[0]
+        );
     }
 
     #[test]
@@ -831,16 +845,28 @@ mod tests {
         }
         let env = lung_envelope(hu.view(), [1.0, 1.0, 1.0]);
         assert!(env[[0, 20, 8]], "the notch is inside the hull");
-        assert!(!env[[0, 20, 30]], "the mediastinum between the lungs is not");
+        assert!(
+            !env[[0, 20, 30]],
+            "the mediastinum between the lungs is not"
+        );
         assert!(env[[0, 20, 45]] && !env[[0, 2, 10]] && !env[[0, 20, 57]]);
         // No air inside a body: no envelope.
         let solid = Array3::from_elem((2, 20, 20), 40.0f32);
-        assert!(lung_envelope(solid.view(), [1.0, 1.0, 1.0]).iter().all(|&v| !v));
+        assert!(lung_envelope(solid.view(), [1.0, 1.0, 1.0])
+            .iter()
+            .all(|&v| !v));
     }
 
     #[test]
     fn hull_of_a_square_with_inner_points() {
-        let pts = vec![(0.0, 0.0), (2.0, 0.0), (1.0, 1.0), (2.0, 2.0), (0.0, 2.0), (1.0, 0.0)];
+        let pts = vec![
+            (0.0, 0.0),
+            (2.0, 0.0),
+            (1.0, 1.0),
+            (2.0, 2.0),
+            (0.0, 2.0),
+            (1.0, 0.0),
+        ];
         let hull = convex_hull(pts);
         assert_eq!(hull.len(), 4, "{hull:?}");
         let mut plane = Array3::from_elem((1, 4, 4), false);

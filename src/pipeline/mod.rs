@@ -532,7 +532,8 @@ fn mass_finding(
         .filter(|&k| m.contains(candidates[k].center_irc))
         .max_by_key(|&k| candidates[k].voxels);
     let candidate = inside.or_else(|| {
-        (0..candidates.len()).min_by(|&a, &b| distance(&candidates[a]).total_cmp(&distance(&candidates[b])))
+        (0..candidates.len())
+            .min_by(|&a, &b| distance(&candidates[a]).total_cmp(&distance(&candidates[b])))
     })?;
     Some(Finding {
         kind: FindingKind::Mass,
