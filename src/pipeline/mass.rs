@@ -405,8 +405,20 @@ pub fn masses(
     if probability.shape() != hu.shape() || hu.is_empty() {
         return Vec::new();
     }
+    masses_of_mask(hu, super::group::threshold(probability), geometry)
+}
+
+/// [`masses`] from the thresholded segmentation (`probability > 0.5`, before the book's erosion),
+/// for callers that keep the mask rather than the probabilities.
+pub fn masses_of_mask(
+    hu: ArrayView3<'_, f32>,
+    mut mask: ndarray::Array3<bool>,
+    geometry: &Geometry,
+) -> Vec<Region> {
+    if mask.shape() != hu.shape() || hu.is_empty() {
+        return Vec::new();
+    }
     let envelope = lung_envelope(hu, geometry.spacing_xyz);
-    let mut mask = super::group::threshold(probability);
     ndarray::Zip::from(&mut mask)
         .and(&envelope)
         .for_each(|m, &e| *m = *m && e);
