@@ -6,6 +6,7 @@
 //! The schema is the [`Default`] value itself: any key it serialises is known, with its type.
 
 use crate::dicom::SeriesRules;
+use crate::pipeline::CaveatPolicies;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,8 @@ pub struct Config {
     pub series: SeriesRules,
     pub pipeline: PipelineConfig,
     pub server: ServerConfig,
+    /// `[caveats]`: refuse or analyse-with-caveat, per caveat (see `pipeline::caveats`).
+    pub caveats: CaveatPolicies,
 }
 
 /// `[log]`: where and how much to log.

@@ -133,6 +133,10 @@ pub struct SeriesInfo {
     pub instances: Vec<SourceInstance>,
     /// Accepted-but-noteworthy properties (thick slices, tilt, uneven steps): shown in every output.
     pub warnings: Vec<String>,
+    /// ContrastBolusAgent (0018,0010) of the first image, if any (see `pipeline::caveats`).
+    pub contrast_agent: Option<String>,
+    /// CTDIvol (0018,9345) of the first image in mGy, if any (see `pipeline::caveats`).
+    pub ctdi_vol_mgy: Option<f64>,
 }
 
 /// A CT volume in Hounsfield units, indexed `[index, row, column]`.

@@ -145,7 +145,7 @@ fn check_nodules(phantom: &Phantom) {
         }
         let (lung_frac, dark_frac) = (lung as f64 / shell as f64, dark as f64 / shell as f64);
         let (min_lung, min_dark) = match n.attachment {
-            NoduleAttachment::Pleural => (0.25, 0.15),
+            NoduleAttachment::Pleural | NoduleAttachment::Mediastinal => (0.25, 0.15),
             NoduleAttachment::Vascular => (0.75, 0.3),
             NoduleAttachment::Free => (0.75, 0.5),
         };

@@ -50,6 +50,7 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
         .iter()
         .enumerate()
         .map(|(k, n)| Finding {
+            kind: Default::default(),
             candidate: k,
             center_irc: n.center_irc,
             center_xyz: n.center_xyz,
@@ -63,6 +64,7 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
             lung_rads: None,
             merged_candidates: vec![],
             region: vec![],
+            extent_mm: None,
         })
         .collect();
     let malignant_count = findings.iter().filter(|f| f.is_malignant()).count();
@@ -73,6 +75,7 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
         origin_xyz: geometry.origin_xyz,
         direction: geometry.direction_flat(),
         warnings: vec![],
+        caveats: vec![],
         candidates: vec![],
         findings,
         suppressed: vec![],

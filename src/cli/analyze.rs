@@ -8,7 +8,7 @@ use noduled::dicom::keyimage::{self, KeyImageOptions};
 use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
 use noduled::pipeline::reduce::{ReduceOptions, SuppressReason};
-use noduled::pipeline::{Analysis, Stage};
+use noduled::pipeline::{Analysis, FindingKind, Stage};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,9 +28,19 @@ the eroded component dilated once within the thresholded segmentation. It is 0.5
 10.55 mm operating point (TPR 0.56, FPR 0.01 on LUNA16), 0.03 at its 5.42 mm point (TPR 0.96, \
 FPR 0.43), 0.84 at 13 mm.
 
-Output: a findings table on stdout (nodules: candidates with p_nodule > 0.5) and the answer line \
+Masses: a segmented region over 30 mm (equivalent diameter, or extent with at least 20 mm \
+equivalent diameter) of soft-tissue density touching aerated lung is a finding of kind `mass` \
+(Fleischner: a lesion over 3 cm is a mass; Lung-RADS 4X), whatever the classifier says; it counts \
+as malignant, and the line `Suspicious mass present: yes (N)` is added.
+
+Caveats: a series outside the validated range (slices > 2.5 mm or fewer than 32, pixel spacing \
+outside 0.5-1.0 mm, almost no lung, contrast, low dose, models trained on synthetic data) is \
+analysed with one `caveat` line per caveat (JSON `caveats`, SR comments), or refused when \
+`[caveats]` in --config says `refuse` for it.
+
+Output: a findings table on stdout (nodules: candidates with p_nodule > 0.5; masses) and the answer line \
 `Malignant nodules present: yes (N)` or `Malignant nodules present: no` (N = findings with \
-p_malignant > 0.5). With --json - the JSON report replaces the table on stdout.")]
+p_malignant > 0.5, masses included). With --json - the JSON report replaces the table on stdout.")]
 pub struct Args {
     /// Folder holding the series' DICOM files (searched recursively).
     series_dir: PathBuf,
@@ -171,16 +181,24 @@ fn print_table(a: &Analysis) -> std::io::Result<()> {
     for warning in &a.warnings {
         writeln!(out, "warning    {warning}")?;
     }
+    for caveat in &a.caveats {
+        writeln!(out, "caveat     {caveat}")?;
+    }
     let malignancy = a
         .models
         .iter()
         .find(|m| m.role == engine::ModelRole::Malignancy)
         .map_or("?", |m| m.name.as_str());
+    let masses = a
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::Mass)
+        .count();
     writeln!(
         out,
-        "candidates {}, nodules {} (p_nodule > 0.5), malignancy by {malignancy}",
+        "candidates {}, nodules {} (p_nodule > 0.5), masses {masses}, malignancy by {malignancy}",
         a.candidates.len(),
-        a.findings.len()
+        a.findings.len() - masses
     )?;
     if !a.suppressed.is_empty() {
         let count = |r: SuppressReason| a.suppressed.iter().filter(|s| s.reason == r).count();
@@ -198,16 +216,17 @@ fn print_table(a: &Analysis) -> std::io::Result<()> {
         writeln!(out)?;
         writeln!(
             out,
-            "{:>3} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5} {:>12} {:>4} {:>8} {:>11}",
-            "#", "x mm", "y mm", "z mm", "diam mm", "long", "short", "mean", "vol mm3", "HU", "max",
-            "type", "LR", "p_nodule", "p_malignant"
+            "{:>3} {:<6} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5} {:>12} {:>4} {:>8} {:>11}",
+            "#", "kind", "x mm", "y mm", "z mm", "diam mm", "long", "short", "mean", "vol mm3", "HU",
+            "max", "type", "LR", "p_nodule", "p_malignant"
         )?;
         for (k, f) in a.findings.iter().enumerate() {
             let [x, y, z] = f.center_xyz;
             write!(
                 out,
-                "{:>3} {x:>9.1} {y:>9.1} {z:>9.1} {:>8.1}",
+                "{:>3} {:<6} {x:>9.1} {y:>9.1} {z:>9.1} {:>8.1}",
                 k + 1,
+                f.kind.as_str(),
                 f.diameter_mm
             )?;
             match &f.measurements {
@@ -228,11 +247,15 @@ fn print_table(a: &Analysis) -> std::io::Result<()> {
                     "-", "-", "-", "-", "-", "-", "-"
                 )?,
             }
+            // The classifier does not decide about masses: its score is not shown for them.
+            let p_nodule = match f.kind {
+                FindingKind::Mass => format!("{:>8}", "-"),
+                FindingKind::Nodule => format!("{:>8.3}", f.p_nodule),
+            };
             writeln!(
                 out,
-                " {:>4} {:>8.3} {:>11.3}",
+                " {:>4} {p_nodule} {:>11.3}",
                 f.lung_rads.map_or("-", |c| c.as_str()),
-                f.p_nodule,
                 f.p_malignant
             )?;
         }
@@ -251,6 +274,9 @@ fn print_table(a: &Analysis) -> std::io::Result<()> {
         "seconds    load {:.1}, segment {:.1}, group {:.1}, classify {:.1}, measure {:.1}, total {:.1} ({} threads)",
         s.load, s.segment, s.group, s.classify, s.measure, s.total, a.threads
     )?;
+    if masses > 0 {
+        writeln!(out, "Suspicious mass present: yes ({masses})")?;
+    }
     if a.malignant_present {
         writeln!(
             out,

@@ -115,6 +115,7 @@ impl ModelFlags {
             models.malignancy.as_deref(),
             options,
         )
+        .map(|pipeline| pipeline.with_caveat_policies(config.caveats))
         .context("cannot load the models")
     }
 }

@@ -111,6 +111,8 @@ pub const FINDING: Code = code("121071", "DCM", "Finding");
 /// Value of [`FINDING`]: SNOMED CT 27925004 "Nodule" (morphologic abnormality; in CID 6102 and
 /// CID 7151).
 pub const NODULE: Code = code("27925004", "SCT", "Nodule");
+/// Finding of a lesion over 3 cm (SNOMED CT 4147007 "Mass"; see `pipeline::mass`).
+pub const MASS: Code = code("4147007", "SCT", "Mass");
 pub const FINDING_SITE: Code = code("363698007", "SCT", "Finding Site");
 /// Value of [`FINDING_SITE`]: SNOMED CT 39607008 "Lung" (body structure; CID 4 and others).
 pub const LUNG: Code = code("39607008", "SCT", "Lung");
@@ -181,6 +183,9 @@ pub const MALIGNANT_NEOPLASTIC_DISEASE: Code =
 /// CID 230 "Yes-No".
 pub const YES: Code = code("373066001", "SCT", "Yes");
 pub const NO: Code = code("373067005", "SCT", "No");
+/// TEXT concept of each caveat under Qualitative Evaluations (DCM 121106 "Comment"), valued
+/// `caveat <name>: <detail>` (see `pipeline::caveats`).
+pub const COMMENT: Code = code("121106", "DCM", "Comment");
 
 // ---------------------------------------------------------------------------------------------
 // Units (UCUM)
@@ -219,6 +224,7 @@ pub const ALL: &[Code] = &[
     TRACKING_UNIQUE_IDENTIFIER,
     FINDING,
     NODULE,
+    MASS,
     FINDING_SITE,
     LUNG,
     ALGORITHM_NAME,
@@ -244,6 +250,7 @@ pub const ALL: &[Code] = &[
     MALIGNANT_NEOPLASTIC_DISEASE,
     YES,
     NO,
+    COMMENT,
     UNIT_MM,
     UNIT_MM3,
     UNIT_HU,

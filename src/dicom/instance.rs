@@ -58,6 +58,10 @@ pub struct CtHeader {
     pub rescale_slope: f64,
     pub rescale_intercept: f64,
     pub has_pixel_data: bool,
+    /// ContrastBolusAgent (0018,0010), if present and not empty.
+    pub contrast_agent: Option<String>,
+    /// CTDIvol (0018,9345) in mGy, if present.
+    pub ctdi_vol_mgy: Option<f64>,
 }
 
 impl CtHeader {
@@ -206,6 +210,8 @@ impl CtHeader {
                 .and_then(|v| v.first().copied())
                 .unwrap_or(0.0),
             has_pixel_data: obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
+            contrast_agent: text(obj, tags::CONTRAST_BOLUS_AGENT),
+            ctdi_vol_mgy: numbers(obj, tags::CTD_IVOL).and_then(|v| v.first().copied()),
         })
     }
 }

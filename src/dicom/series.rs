@@ -380,6 +380,8 @@ pub fn assemble(mut instances: Vec<CtInstance>, rules: &SeriesRules) -> Result<V
             })
             .collect(),
         warnings: layout.warnings,
+        contrast_agent: first.contrast_agent.clone(),
+        ctdi_vol_mgy: first.ctdi_vol_mgy,
     };
     Ok(Volume {
         hu,

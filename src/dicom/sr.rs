@@ -14,20 +14,21 @@
 //! │       └ IMAGE (one per source instance, in volume order)
 //! ├ CONTAINS CONTAINER Imaging Measurements          (only when there are findings)
 //! │   └ CONTAINER Measurement Group  (one per finding, TID 1410-style)
-//! │       ├ HAS OBS CONTEXT  TEXT Tracking Identifier "nodule N", UIDREF Tracking Unique Identifier
-//! │       ├ HAS CONCEPT MOD  CODE Finding = Nodule, CODE Finding Site = Lung
+//! │       ├ HAS OBS CONTEXT  TEXT Tracking Identifier "nodule N" | "mass N", UIDREF Tracking Unique Identifier
+//! │       ├ HAS CONCEPT MOD  CODE Finding = Nodule | Mass, CODE Finding Site = Lung
 //! │       ├ HAS CONCEPT MOD  TEXT Algorithm Name                                 (TID 4019)
 //! │       │   └ TEXT Algorithm Version, TEXT Algorithm Parameters (model files and SHA-256)
 //! │       ├ CONTAINS SCOORD Image Region (CIRCLE on the nearest slice) └ SELECTED FROM IMAGE
 //! │       ├ CONTAINS SCOORD3D Center (POINT, source Frame of Reference)
-//! │       ├ CONTAINS NUM Diameter (mm), Volume (mm3), Certainty of Finding (1), Probability of cancer (1)
-//! │       ├ CONTAINS CODE Impression = Malignant | Benign
+//! │       ├ CONTAINS NUM Diameter (mm), Volume (mm3), Certainty of Finding (1; nodules only), Probability of cancer (1)
+//! │       ├ CONTAINS CODE Impression = Malignant | Benign (a mass is always Malignant)
 //! │       ├ CONTAINS NUM Long Axis, Short Axis (mm); NUM Diameter (mm) └ Derivation = Mean;
 //! │       │          NUM Attenuation Coefficient (HU) └ Derivation = Mean | Maximum  (when measured)
 //! │       └ CONTAINS TEXT Nodule attenuation type, TEXT Lung-RADS v2022 category    (99NODULED)
 //! └ CONTAINS CONTAINER Qualitative Evaluations
-//!     ├ CODE Malignant neoplastic disease = Yes | No   (the report's answer)
-//!     └ TEXT Lung-RADS v2022 category (the exam's, when categorised)
+//!     ├ CODE Malignant neoplastic disease = Yes | No   (the report's answer; Yes with any mass)
+//!     ├ TEXT Lung-RADS v2022 category (the exam's, when categorised)
+//!     └ TEXT Comment = "caveat <name>: <detail>"   (one per caveat, see `pipeline::caveats`)
 //! ```
 //!
 //! Everything but the UIDs (fresh per run, under [`crate::uid::ROOT`]) and the clock (overridable
@@ -38,7 +39,7 @@
 //! diameter, i.e. exactly the segmented voxel count × voxel volume.
 
 use super::codes::{self, Code};
-use crate::pipeline::{Analysis, Finding, ModelIdentity};
+use crate::pipeline::{Analysis, Finding, FindingKind, ModelIdentity};
 use crate::uid;
 use crate::volume::{Geometry, SeriesInfo};
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
@@ -571,6 +572,12 @@ fn root_content(
             category.as_str(),
         ));
     }
+    evaluations.extend(
+        analysis
+            .caveats
+            .iter()
+            .map(|c| text("CONTAINS", &codes::COMMENT, &format!("caveat {c}"))),
+    );
     items.push(container(
         "CONTAINS",
         &codes::QUALITATIVE_EVALUATIONS,
@@ -659,18 +666,27 @@ fn measurement_group(
         Some(m) => m.volume_mm3,
         None => std::f64::consts::PI / 6.0 * finding.diameter_mm.powi(3),
     };
+    let is_mass = finding.kind == FindingKind::Mass;
     let mut children = vec![
         text(
             "HAS OBS CONTEXT",
             &codes::TRACKING_IDENTIFIER,
-            &format!("nodule {}", k + 1),
+            &format!("{} {}", finding.kind.as_str(), k + 1),
         ),
         uidref(
             "HAS OBS CONTEXT",
             &codes::TRACKING_UNIQUE_IDENTIFIER,
             &uid::generate(),
         ),
-        code_value("HAS CONCEPT MOD", &codes::FINDING, &codes::NODULE),
+        code_value(
+            "HAS CONCEPT MOD",
+            &codes::FINDING,
+            if is_mass {
+                &codes::MASS
+            } else {
+                &codes::NODULE
+            },
+        ),
         code_value("HAS CONCEPT MOD", &codes::FINDING_SITE, &codes::LUNG),
         algorithm,
         region_item,
@@ -684,13 +700,20 @@ fn measurement_group(
         .ok_or_else(|| bad("the diameter (mm)", finding.diameter_mm))?,
         num("CONTAINS", &codes::VOLUME, volume_mm3, &codes::UNIT_MM3)
             .ok_or_else(|| bad("the volume (mm3)", volume_mm3))?,
-        num(
-            "CONTAINS",
-            &codes::CERTAINTY_OF_FINDING,
-            finding.p_nodule,
-            &codes::UNIT_ONE,
-        )
-        .ok_or_else(|| bad("p_nodule", finding.p_nodule))?,
+    ];
+    // The classifier is not asked about a mass: no certainty from it.
+    if !is_mass {
+        children.push(
+            num(
+                "CONTAINS",
+                &codes::CERTAINTY_OF_FINDING,
+                finding.p_nodule,
+                &codes::UNIT_ONE,
+            )
+            .ok_or_else(|| bad("p_nodule", finding.p_nodule))?,
+        );
+    }
+    children.extend([
         num(
             "CONTAINS",
             &codes::PROBABILITY_OF_CANCER,
@@ -707,7 +730,7 @@ fn measurement_group(
                 &codes::BENIGN
             },
         ),
-    ];
+    ]);
     if let Some(m) = &finding.measurements {
         let derived = |concept: &Code, value: f64, unit: &Code, how: &Code, what| {
             let mut item = num("CONTAINS", concept, value, unit).ok_or_else(|| bad(what, value))?;
@@ -1060,6 +1083,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// One finding as read back from a report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SrFinding {
+    /// The Finding code: Nodule or Mass.
+    pub kind: FindingKind,
     /// Tracking Identifier, e.g. `nodule 1`.
     pub tracking_identifier: String,
     pub tracking_uid: String,
@@ -1073,6 +1098,7 @@ pub struct SrFinding {
     pub image_center_colrow: [f64; 2],
     pub diameter_mm: f64,
     pub volume_mm3: f64,
+    /// Certainty of Finding; NaN for a mass (the classifier is not asked about masses).
     pub p_nodule: f64,
     pub p_malignant: f64,
     /// The Impression: Malignant (true) or Benign (false).
@@ -1198,7 +1224,19 @@ fn read_group(k: usize, group: &Item) -> Result<SrFinding, SrError> {
         Some((v, s)) if codes::BENIGN.matches(&v, &s) => false,
         _ => return Err(missing("Malignant/Benign impression")),
     };
+    let kind = match child(&codes::FINDING)
+        .ok()
+        .and_then(|c| first_code(c, tags::CONCEPT_CODE_SEQUENCE))
+    {
+        Some((v, s)) if codes::MASS.matches(&v, &s) => FindingKind::Mass,
+        _ => FindingKind::Nodule,
+    };
+    let p_nodule = match kind {
+        FindingKind::Mass => number(&codes::CERTAINTY_OF_FINDING).unwrap_or(f64::NAN),
+        FindingKind::Nodule => number(&codes::CERTAINTY_OF_FINDING)?,
+    };
     Ok(SrFinding {
+        kind,
         tracking_identifier: child(&codes::TRACKING_IDENTIFIER)
             .ok()
             .and_then(|c| string_of(c, tags::TEXT_VALUE))
@@ -1214,7 +1252,7 @@ fn read_group(k: usize, group: &Item) -> Result<SrFinding, SrError> {
         image_center_colrow: image_center,
         diameter_mm: number(&codes::DIAMETER)?,
         volume_mm3: number(&codes::VOLUME)?,
-        p_nodule: number(&codes::CERTAINTY_OF_FINDING)?,
+        p_nodule,
         p_malignant: number(&codes::PROBABILITY_OF_CANCER)?,
         malignant,
         long_axis_mm: find_child(group, &codes::LONG_AXIS).and_then(numeric),
@@ -1250,6 +1288,23 @@ pub fn read_lung_rads(obj: &InMemDicomObject) -> Option<String> {
         find_child(evaluations, &codes::LUNG_RADS_CATEGORY)?,
         tags::TEXT_VALUE,
     )
+}
+
+/// The caveats a report carries (`<name>: <detail>`, from the Qualitative Evaluations' `caveat`
+/// comments), in report order.
+pub fn read_caveats(obj: &InMemDicomObject) -> Vec<String> {
+    if check_root(obj).is_err() {
+        return Vec::new();
+    }
+    let Some(evaluations) = find_child(obj, &codes::QUALITATIVE_EVALUATIONS) else {
+        return Vec::new();
+    };
+    children(evaluations)
+        .iter()
+        .filter(|c| concept_is(c, &codes::COMMENT))
+        .filter_map(|c| string_of(c, tags::TEXT_VALUE))
+        .filter_map(|t| t.strip_prefix("caveat ").map(str::to_string))
+        .collect()
 }
 
 /// The report's answer to "malignant nodules present": `Some(true)` for Yes, `Some(false)` for No,

@@ -59,6 +59,9 @@ pub struct PhantomSpec {
     pub noise_sd_hu: Option<f64>,
     /// Number in the patient name, `PHANTOM^0001` for 1 (default 1).
     pub case_number: u32,
+    /// Masses to place, by diameter (mm, 30–80): irregular, lobulated soft-tissue lesions against
+    /// the chest wall or the mediastinum (default none). See [`NoduleKind::Mass`].
+    pub masses_mm: Vec<f64>,
 }
 
 impl Default for PhantomSpec {
@@ -73,6 +76,7 @@ impl Default for PhantomSpec {
             slice_step_mm: None,
             noise_sd_hu: None,
             case_number: 1,
+            masses_mm: Vec::new(),
         }
     }
 }
@@ -85,6 +89,10 @@ impl PhantomSpec {
     pub const PIXEL_SPACING_RANGE_MM: (f64, f64) = (0.1, 5.0);
     pub const SLICE_STEP_RANGE_MM: (f64, f64) = (0.25, 10.0);
     pub const MAX_NOISE_SD_HU: f64 = 200.0;
+    /// Diameters a mass may have (mm): above the 30 mm that makes a lesion a mass (Fleischner
+    /// glossary), up to what a phantom's lung can hold.
+    pub const MASS_RANGE_MM: (f64, f64) = (30.0, 80.0);
+    pub const MAX_MASSES: usize = 4;
 
     /// Checks every field against the supported ranges; the error names the first bad one.
     pub fn validate(&self) -> Result<(), PhantomError> {
@@ -110,6 +118,19 @@ impl PhantomSpec {
                 "nodules must be at most {}, got {}",
                 Self::MAX_NODULES,
                 self.nodules
+            ));
+        }
+        if self.masses_mm.len() > Self::MAX_MASSES {
+            return bad(format!(
+                "masses must be at most {}, got {}",
+                Self::MAX_MASSES,
+                self.masses_mm.len()
+            ));
+        }
+        let (lo, hi) = Self::MASS_RANGE_MM;
+        if let Some(d) = self.masses_mm.iter().find(|d| !(**d >= lo && **d <= hi)) {
+            return bad(format!(
+                "mass diameters must be between {lo} and {hi} mm, got {d}"
             ));
         }
         let ranges = [
@@ -154,6 +175,13 @@ impl PhantomSpec {
             slice_step_mm: clamp_opt(self.slice_step_mm, Self::SLICE_STEP_RANGE_MM),
             noise_sd_hu: clamp_opt(self.noise_sd_hu, (0.0, Self::MAX_NOISE_SD_HU)),
             case_number: self.case_number,
+            masses_mm: self
+                .masses_mm
+                .iter()
+                .filter(|d| !d.is_nan())
+                .map(|d| d.clamp(Self::MASS_RANGE_MM.0, Self::MASS_RANGE_MM.1))
+                .take(Self::MAX_MASSES)
+                .collect(),
         }
     }
 }
@@ -171,6 +199,20 @@ pub enum NoduleKind {
     Spiculated,
     /// Malignant: a solid core inside a ground-glass rim (about −500 HU).
     PartSolid,
+    /// A mass (> 30 mm, a lung cancer as the book's models never saw one): an irregular,
+    /// lobulated soft-tissue lesion touching the chest wall or the mediastinum. Always malignant.
+    Mass,
+}
+
+impl NoduleKind {
+    /// `mass` for [`NoduleKind::Mass`], `nodule` otherwise: the `kind` column of `annotations.csv`.
+    pub fn finding_kind(self) -> &'static str {
+        if self == NoduleKind::Mass {
+            "mass"
+        } else {
+            "nodule"
+        }
+    }
 }
 
 /// What a nodule touches.
@@ -182,6 +224,8 @@ pub enum NoduleAttachment {
     Pleural,
     /// Juxtavascular: touches a vessel.
     Vascular,
+    /// Against the mediastinum (masses only; a juxtapleural mass touches the chest wall).
+    Mediastinal,
 }
 
 /// The ground truth for one nodule.
@@ -371,13 +415,22 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
     let vessels = trees::vessels(&anatomy, frame.spacing, &mut stream(seed, "vessels"));
     let top = frame.z(frame.slices - 1);
     let airways = trees::airways(&anatomy, top, frame.spacing, &mut stream(seed, "airways"));
-    let placed = nodules::place(
+    // Masses first (they need the most room), from their own stream so that adding one does not
+    // move the nodules of an existing phantom more than the room it takes.
+    let mut placed = nodules::place_masses(
+        &anatomy,
+        &frame,
+        &spec.masses_mm,
+        &mut stream(seed, "masses"),
+    );
+    placed.extend(nodules::place_after(
         &anatomy,
         &frame,
         &vessels,
         spec.nodules,
+        &placed,
         &mut stream(seed, "nodules"),
-    );
+    ));
     let mut noise_rng = stream(seed, "noise");
     let noise_drawn = noise_rng.random_range(10.0..20.0);
     let noise_sd_hu = spec.noise_sd_hu.unwrap_or(noise_drawn);
@@ -418,6 +471,12 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         spec.noise_sd_hu,
         spec.case_number
     );
+    // Masses only enter the fingerprint when present: phantoms without keep their UIDs.
+    let fingerprint = if spec.masses_mm.is_empty() {
+        fingerprint
+    } else {
+        format!("{fingerprint};masses={:?}", spec.masses_mm)
+    };
     let derived = |what: &str| uid::derived(&["noduled-phantom-v1", &fingerprint, what]);
     let instances = (0..frame.slices)
         .map(|i| SourceInstance {
@@ -448,6 +507,8 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         slice_thickness_mm: Some(frame.step),
         instances,
         warnings: Vec::new(),
+        contrast_agent: None,
+        ctdi_vol_mgy: None,
     };
     Phantom {
         volume: Volume {

@@ -76,15 +76,17 @@ pub(crate) struct PlacedNodule {
     pub primitives: Vec<Primitive>,
 }
 
-/// Places up to `count` nodules (fewer only when the lungs in the field of view are too small).
-pub(crate) fn place(
+/// Places up to `count` nodules (fewer only when the lungs in the field of view are too small),
+/// clear of the lesions already `existing` (masses); returns the new nodules only.
+pub(crate) fn place_after(
     anatomy: &Anatomy,
     frame: &Frame,
     vessels: &[Segment],
     count: usize,
+    existing: &[PlacedNodule],
     rng: &mut ChaCha8Rng,
 ) -> Vec<PlacedNodule> {
-    let mut placed: Vec<PlacedNodule> = Vec::new();
+    let mut placed: Vec<PlacedNodule> = existing.to_vec();
     let attachable: Vec<&Segment> = vessels
         .iter()
         .filter(|s| s.ra.min(s.rb) >= 0.7 * anatomy.s.min(1.0))
@@ -118,7 +120,9 @@ pub(crate) fn place(
             for _ in 0..300 {
                 let candidate = match attachment {
                     NoduleAttachment::Free => free_candidate(anatomy, frame, r, rng),
-                    NoduleAttachment::Pleural => pleural_candidate(anatomy, frame, r, rng),
+                    NoduleAttachment::Pleural | NoduleAttachment::Mediastinal => {
+                        pleural_candidate(anatomy, frame, r, rng)
+                    }
                     NoduleAttachment::Vascular => vascular_candidate(frame, r, &attachable, rng),
                 };
                 let Some(c) = candidate else { continue };
@@ -147,7 +151,141 @@ pub(crate) fn place(
             primitives,
         });
     }
+    placed.split_off(existing.len())
+}
+
+/// Places one mass per diameter in `diameters_mm` against the chest wall or the mediastinum: a
+/// point of lung is walked in a random axial direction to the lung's edge and the mass centred
+/// 0.8 r back from it, so about a fifth of it bulges into the wall (or mediastinum) it touches.
+/// A mass that finds no room in 4000 tries is left out (the caller sees fewer masses).
+pub(crate) fn place_masses(
+    anatomy: &Anatomy,
+    frame: &Frame,
+    diameters_mm: &[f64],
+    rng: &mut ChaCha8Rng,
+) -> Vec<PlacedNodule> {
+    let mut placed: Vec<PlacedNodule> = Vec::new();
+    for &diameter in diameters_mm {
+        let r = diameter / 2.0;
+        let mut found = None;
+        for attempt in 0..4000 {
+            let Some((c, mediastinal)) = wall_candidate(anatomy, frame, r, rng) else {
+                continue;
+            };
+            // The strict juxtapleural test first; large masses in small lungs then get a looser
+            // one (centre well inside the lung, lung on a third of its surroundings).
+            let ok = if attempt < 2000 {
+                acceptable(anatomy, frame, c, r, NoduleAttachment::Pleural, &placed)
+            } else {
+                loose_mass_fit(anatomy, frame, c, r, &placed)
+            };
+            if ok {
+                found = Some((c, mediastinal));
+                break;
+            }
+        }
+        let Some((center, mediastinal)) = found else {
+            continue;
+        };
+        let primitives = mass_shape(center, r, anatomy.s, rng);
+        placed.push(PlacedNodule {
+            center,
+            diameter_mm: diameter,
+            malignant: true,
+            kind: NoduleKind::Mass,
+            attachment: if mediastinal {
+                NoduleAttachment::Mediastinal
+            } else {
+                NoduleAttachment::Pleural
+            },
+            primitives,
+        });
+    }
     placed
+}
+
+/// Like [`pleural_candidate`], and whether the wall reached is the mediastinum (the walk went
+/// towards the body's midline).
+fn wall_candidate(
+    anatomy: &Anatomy,
+    frame: &Frame,
+    r: f64,
+    rng: &mut ChaCha8Rng,
+) -> Option<([f64; 3], bool)> {
+    let start = free_candidate(anatomy, frame, r, rng)?;
+    if !anatomy.in_lung(start[0], start[1], start[2]) {
+        return None;
+    }
+    let angle = rng.random_range(0.0..std::f64::consts::TAU);
+    let dir = [angle.cos(), angle.sin(), 0.0];
+    let step = 0.5 * anatomy.s.min(1.0);
+    let mut t = 0.0;
+    while t < 2.0 * anatomy.a {
+        let p = add(start, scale(dir, t + step));
+        if !anatomy.in_lung(p[0], p[1], p[2]) {
+            let mediastinal = (p[0] - anatomy.cx).abs() < (start[0] - anatomy.cx).abs();
+            return Some((add(start, scale(dir, t - 0.8 * r)), mediastinal));
+        }
+        t += step;
+    }
+    None
+}
+
+/// The looser placement test for big masses: centre in lung and inside the image, clear of the
+/// other lesions, lung at a third of the points half a radius out, and not all around.
+fn loose_mass_fit(
+    anatomy: &Anatomy,
+    frame: &Frame,
+    c: [f64; 3],
+    r: f64,
+    placed: &[PlacedNodule],
+) -> bool {
+    let inside = |p: [f64; 3]| anatomy.in_lung(p[0], p[1], p[2]);
+    if !inside(c) || !frame.contains_xy(c, r + 2.0) {
+        return false;
+    }
+    if placed
+        .iter()
+        .any(|n| norm(sub(n.center, c)) < n.diameter_mm / 2.0 + r + 3.0)
+    {
+        return false;
+    }
+    let half = directions()
+        .filter(|&d| inside(add(c, scale(d, 0.5 * r))))
+        .count();
+    let rim = directions()
+        .filter(|&d| inside(add(c, scale(d, r + 1.0))))
+        .count();
+    half >= 9 && rim < 26
+}
+
+/// An irregular, lobulated mass of radius `r` at `c`: a core of 0.75 r, 6–9 lobes of 0.3–0.45 r
+/// reaching the full radius, and a few short, thick spicules; soft tissue of 25–50 HU.
+fn mass_shape(c: [f64; 3], r: f64, s: f64, rng: &mut ChaCha8Rng) -> Vec<Primitive> {
+    let hu = rng.random_range(25.0..50.0);
+    let mut prims = vec![Primitive::Sphere { c, r: 0.75 * r, hu }];
+    for _ in 0..rng.random_range(6..10) {
+        let lr = r * rng.random_range(0.3..0.45);
+        prims.push(Primitive::Sphere {
+            c: add(c, scale(random_unit(rng), r - lr)),
+            r: lr,
+            hu,
+        });
+    }
+    for _ in 0..rng.random_range(4..8) {
+        let d = random_unit(rng);
+        prims.push(Primitive::Tube {
+            seg: Segment {
+                a: add(c, scale(d, 0.7 * r)),
+                b: add(c, scale(d, r * rng.random_range(1.05..1.25))),
+                ra: (rng.random_range(1.0..2.0) * s.min(1.0)).max(0.5),
+                rb: 0.4,
+                wall: 0.0,
+            },
+            hu: hu - 10.0,
+        });
+    }
+    prims
 }
 
 fn log_normal(rng: &mut ChaCha8Rng, median: f64, sd: f64, range: (f64, f64)) -> f64 {
@@ -302,7 +440,7 @@ fn acceptable(
         return false;
     }
     match attachment {
-        NoduleAttachment::Pleural => {
+        NoduleAttachment::Pleural | NoduleAttachment::Mediastinal => {
             // Centre well inside, some of the rim outside the lung, but lung on the far side:
             // against a wall, not wedged into a lung tip smaller than the nodule.
             let around = |reach: f64| {
@@ -326,6 +464,7 @@ fn shape(kind: NoduleKind, c: [f64; 3], r: f64, s: f64, rng: &mut ChaCha8Rng) ->
     let core = if r < 3.0 { r } else { 0.72 * r };
     let mut prims = Vec::new();
     match kind {
+        NoduleKind::Mass => return mass_shape(c, r, s, rng),
         NoduleKind::Solid => prims.push(Primitive::Sphere { c, r, hu: solid_hu }),
         NoduleKind::Calcified => {
             prims.push(Primitive::Sphere { c, r, hu: solid_hu });

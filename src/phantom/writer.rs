@@ -25,8 +25,10 @@ use std::path::{Path, PathBuf};
 pub const TRANSFER_SYNTAX: &str = "1.2.840.10008.1.2.1";
 /// Stored value = HU − this intercept (RescaleSlope 1).
 pub const RESCALE_INTERCEPT: f64 = -1024.0;
-/// Header line of `annotations.csv` (the columns of the book's LUNA16 malignancy table).
-pub const ANNOTATIONS_HEADER: &str = "seriesuid,coordX,coordY,coordZ,diameter_mm,mal_bool";
+/// Header line of `annotations.csv`: the columns of the book's LUNA16 malignancy table, then
+/// `kind` (`nodule`, or `mass` for a lesion over 30 mm), so LUNA16 readers taking the first six
+/// columns still work.
+pub const ANNOTATIONS_HEADER: &str = "seriesuid,coordX,coordY,coordZ,diameter_mm,mal_bool,kind";
 
 /// What [`write_dataset`] wrote.
 #[derive(Debug, Clone)]
@@ -292,13 +294,14 @@ pub fn annotation_rows(phantom: &Phantom) -> Vec<String> {
         .iter()
         .map(|n| {
             format!(
-                "{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{}",
                 phantom.volume.series.series_uid,
                 n.center_xyz[0],
                 n.center_xyz[1],
                 n.center_xyz[2],
                 n.diameter_mm,
-                if n.malignant { "True" } else { "False" }
+                if n.malignant { "True" } else { "False" },
+                n.kind.finding_kind()
             )
         })
         .collect()

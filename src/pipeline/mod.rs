@@ -6,6 +6,10 @@
 //! 3. [`classify`]: a 3D CNN on a 32×48×48 crop around each candidate → p_nodule;
 //! 4. [`malignancy`]: for nodules (p_nodule > 0.5), p_malignant from a model or the diameter baseline.
 //!
+//! Beyond the book: [`mass`] reports regions over 30 mm that touch the lung as findings of kind
+//! `mass`, whatever the classifier says of them, and [`caveats`] names every way a series or a model
+//! leaves the validated range (each caveat refused or carried into every output, per configuration).
+//!
 //! Models are loaded once ([`Models::load`]) and shared by a worker pool of `threads` threads that
 //! runs slices and crops in parallel. [`PipelineOptions::exact`] asks for the book's processing with
 //! no shortcut: any speed-up that can change candidates must be off when it is set, and the
@@ -13,6 +17,7 @@
 //! fragments, drops findings away from the lung ([`lung`]) and under the Lung-RADS size floor.
 //! Every finding is measured ([`measure`]) and categorised ([`lungrads`]) either way.
 
+pub mod caveats;
 pub mod classify;
 pub mod group;
 pub mod lung;
@@ -20,7 +25,10 @@ pub mod lungrads;
 pub mod malignancy;
 pub mod measure;
 pub mod reduce;
+pub mod mass;
 pub mod segment;
+
+pub use caveats::{Caveat, CaveatKind, CaveatPolicies, CaveatPolicy};
 
 pub use malignancy::Malignancy;
 
@@ -56,6 +64,8 @@ pub enum PipelineError {
     EmptyVolume([usize; 3]),
     #[error("cannot start {threads} worker threads: {message}")]
     ThreadPool { threads: usize, message: String },
+    #[error("series refused ([caveats] {} = \"refuse\"): {caveat}", .caveat.name)]
+    Refused { caveat: Caveat },
 }
 
 /// The stages, for progress reports.
@@ -175,15 +185,39 @@ pub struct Candidate {
     pub p_malignant: Option<f64>,
 }
 
-/// A nodule: a candidate with p_nodule > 0.5, and its malignancy.
+/// What a finding is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FindingKind {
+    /// A candidate the classifier calls a nodule (p_nodule > 0.5).
+    #[default]
+    Nodule,
+    /// A region over 30 mm in or touching the lung (see [`mass`]); the classifier is not asked.
+    Mass,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Nodule => "nodule",
+            FindingKind::Mass => "mass",
+        }
+    }
+}
+
+/// A finding: a nodule (a candidate with p_nodule > 0.5) or a mass, and its malignancy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
-    /// Position of the candidate in [`Analysis::candidates`].
+    /// `nodule` or `mass`.
+    #[serde(default)]
+    pub kind: FindingKind,
+    /// Position of the candidate in [`Analysis::candidates`] (for a mass: its largest fragment).
     pub candidate: usize,
     pub center_irc: [f64; 3],
     pub center_xyz: [f64; 3],
     pub voxels: usize,
     pub diameter_mm: f64,
+    /// The classifier's p_nodule (for a mass: of its largest fragment, not used to decide).
     pub p_nodule: f64,
     pub p_malignant: f64,
     /// Diameters, volume, HU and type from the region grown on the CT ([`measure`]).
@@ -199,12 +233,15 @@ pub struct Finding {
     /// Not serialised (it can be thousands of voxels).
     #[serde(skip)]
     pub region: Vec<[usize; 3]>,
+    /// Masses only: bounding-box extent (mm) along x, y, z.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extent_mm: Option<[f64; 3]>,
 }
 
 impl Finding {
-    /// Whether this nodule counts as malignant (p_malignant > 0.5).
+    /// Whether this finding counts as malignant (p_malignant > 0.5; a mass always does).
     pub fn is_malignant(&self) -> bool {
-        self.p_malignant > DECISION_THRESHOLD
+        self.kind == FindingKind::Mass || self.p_malignant > DECISION_THRESHOLD
     }
 }
 
@@ -235,9 +272,13 @@ pub struct Analysis {
     pub direction: [f64; 9],
     /// The series' warnings (thick slices, tilt, ...), repeated in every output.
     pub warnings: Vec<String>,
+    /// Why this analysis is outside the validated range (see [`caveats`]), repeated in every
+    /// output; empty when it is inside.
+    #[serde(default)]
+    pub caveats: Vec<Caveat>,
     /// All candidates in grouping order.
     pub candidates: Vec<Candidate>,
-    /// The nodules (p_nodule > 0.5), in candidate order.
+    /// The masses (see [`mass`]), then the nodules (p_nodule > 0.5) in candidate order.
     pub findings: Vec<Finding>,
     /// Classifier nodules not reported, each with its reason ([`reduce`]; empty when exact).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -248,9 +289,9 @@ pub struct Analysis {
     /// Lung volume (mL) of the lung mask ([`lung`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lung_volume_ml: Option<f64>,
-    /// Whether any finding has p_malignant > 0.5.
+    /// Whether any finding is malignant (p_malignant > 0.5, or a mass).
     pub malignant_present: bool,
-    /// How many findings have p_malignant > 0.5.
+    /// How many findings are malignant.
     pub malignant_count: usize,
     pub models: Vec<ModelIdentity>,
     /// Inference engine, e.g. `tract 0.23.9`.
@@ -275,6 +316,7 @@ pub struct Pipeline {
     options: PipelineOptions,
     engine: String,
     pool: rayon::ThreadPool,
+    caveat_policies: CaveatPolicies,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -329,7 +371,29 @@ impl Pipeline {
             options: PipelineOptions { threads, ..options },
             engine: engine.into(),
             pool,
+            caveat_policies: CaveatPolicies::default(),
         })
+    }
+
+    /// The same pipeline with `policies` deciding which caveats refuse a series (default: none).
+    pub fn with_caveat_policies(mut self, policies: CaveatPolicies) -> Pipeline {
+        self.caveat_policies = policies;
+        self
+    }
+
+    /// The caveats of `volume` known before any model runs: the series' own (slices, spacing,
+    /// contrast, dose), the lung field, and the models' provenance.
+    pub fn caveats(&self, volume: &Volume) -> Vec<Caveat> {
+        let mut out = caveats::of_series(volume);
+        out.extend(caveats::of_lung_field(caveats::lung_fraction(
+            volume.hu.view(),
+        )));
+        let mut infos = vec![self.models.segmentation.info(), self.models.nodule.info()];
+        if let Malignancy::Model(m) = &self.models.malignancy {
+            infos.push(m.info());
+        }
+        out.extend(caveats::of_models(infos));
+        out
     }
 
     /// The options in force (`threads` resolved to the actual pool size).
@@ -382,6 +446,20 @@ impl Pipeline {
         let shape = volume.shape();
         if shape.contains(&0) {
             return Err(PipelineError::EmptyVolume(shape));
+        }
+        let caveats = self.caveats(volume);
+        if let Some(refused) = self.caveat_policies.refused(&caveats) {
+            return Err(PipelineError::Refused {
+                caveat: refused.clone(),
+            });
+        }
+        for caveat in &caveats {
+            tracing::warn!(
+                series = %volume.series.series_uid,
+                caveat = caveat.name.name(),
+                detail = %caveat.detail,
+                "outside the validated range"
+            );
         }
         let hu = volume.hu.view();
 
@@ -436,6 +514,8 @@ impl Pipeline {
                 }
             }
         }
+        let caveats = self.caveats(volume);
+        let masses = mass::masses_of_mask(hu, mask.clone(), geometry);
 
         let t = Instant::now();
         let centers: Vec<[f64; 3]> = groups.iter().map(|g| g.center_irc).collect();
@@ -461,8 +541,10 @@ impl Pipeline {
                 p_malignant: None,
             })
             .collect();
+        // Candidates inside a mass are its fragments: the mass is reported instead.
+        let in_mass = |k: usize| masses.iter().any(|m| m.contains(candidates[k].center_irc));
         let nodules: Vec<usize> = (0..candidates.len())
-            .filter(|&k| candidates[k].p_nodule > DECISION_THRESHOLD)
+            .filter(|&k| candidates[k].p_nodule > DECISION_THRESHOLD && !in_mass(k))
             .collect();
         let p_malignant = self.pool.install(|| {
             use rayon::prelude::*;
@@ -494,6 +576,7 @@ impl Pipeline {
             .map(|(&k, &p)| {
                 let c = &candidates[k];
                 Finding {
+                    kind: FindingKind::Nodule,
                     candidate: k,
                     center_irc: c.center_irc,
                     center_xyz: c.center_xyz,
@@ -505,6 +588,7 @@ impl Pipeline {
                     lung_rads: None,
                     merged_candidates: Vec::new(),
                     region: Vec::new(),
+                    extent_mm: None,
                 }
             })
             .collect();
@@ -546,6 +630,16 @@ impl Pipeline {
                 .collect();
             (kept, suppressed)
         };
+        // Masses first: the classifier was not asked about them, nor may fragment merging or the
+        // size floor drop them.
+        let mut findings: Vec<Finding> = masses
+            .iter()
+            .filter_map(|m| mass_finding(m, &candidates, geometry))
+            .chain(findings)
+            .collect();
+        for f in findings.iter_mut().filter(|f| f.kind == FindingKind::Mass) {
+            f.lung_rads = Some(lungrads::LungRads::VerySuspicious4X);
+        }
         let lung_volume_ml = Some(lung.volume_ml());
         let measure_s = t.elapsed().as_secs_f64();
         drop(mask);
@@ -560,6 +654,7 @@ impl Pipeline {
             origin_xyz: geometry.origin_xyz,
             direction: geometry.direction_flat(),
             warnings: volume.series.warnings.clone(),
+            caveats,
             candidates,
             findings,
             suppressed,
@@ -581,4 +676,41 @@ impl Pipeline {
             },
         })
     }
+}
+
+/// The finding of one mass: its own centre, size and the diameter baseline's p_malignant, linked to
+/// its largest fragment among the candidates (the one with most voxels whose centre lies in it,
+/// else the nearest candidate). `None` only when there is no candidate at all.
+fn mass_finding(
+    m: &mass::Region,
+    candidates: &[Candidate],
+    geometry: &crate::volume::Geometry,
+) -> Option<Finding> {
+    let distance = |c: &Candidate| {
+        (0..3)
+            .map(|a| (c.center_irc[a] - m.center_irc[a]).powi(2))
+            .sum::<f64>()
+    };
+    let inside = (0..candidates.len())
+        .filter(|&k| m.contains(candidates[k].center_irc))
+        .max_by_key(|&k| candidates[k].voxels);
+    let candidate = inside.or_else(|| {
+        (0..candidates.len())
+            .min_by(|&a, &b| distance(&candidates[a]).total_cmp(&distance(&candidates[b])))
+    })?;
+    Some(Finding {
+        kind: FindingKind::Mass,
+        candidate,
+        center_irc: m.center_irc,
+        center_xyz: geometry.irc_to_xyz(m.center_irc),
+        voxels: m.voxels,
+        diameter_mm: m.diameter_mm,
+        p_nodule: candidates[candidate].p_nodule,
+        p_malignant: malignancy::p_malignant_from_diameter(m.diameter_mm.max(m.max_extent_mm())),
+        extent_mm: Some(m.extent_mm),
+        measurements: None,
+        lung_rads: None,
+        merged_candidates: Vec::new(),
+        region: Vec::new(),
+    })
 }
