@@ -536,7 +536,7 @@ fn phantom_end_to_end_through_the_cli() {
         "only {localised} of {} phantom nodules have a candidate inside them",
         phantom.nodules.len()
     );
-    assert_eq!(report["seconds"].as_object().map(|s| s.len()), Some(5));
+    assert_eq!(report["seconds"].as_object().map(|s| s.len()), Some(6));
 
     // `--sr` wrote the same findings and answer as a DICOM SR of the source study.
     let sr = dicom_object::open_file(&sr_path).expect("SR written");

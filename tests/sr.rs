@@ -220,7 +220,11 @@ fn assert_round_trip(analysis: &Analysis, series: &SeriesInfo, read: &[SrFinding
         assert!((r.image_center_colrow[0] - (f.center_irc[2] + 0.5)).abs() < 1e-3);
         assert!((r.image_center_colrow[1] - (f.center_irc[1] + 0.5)).abs() < 1e-3);
         assert!((r.diameter_mm - f.diameter_mm).abs() < 1e-6, "{k}");
-        let volume = std::f64::consts::PI / 6.0 * f.diameter_mm.powi(3);
+        // The measured region's volume when measured, else the segmented volume.
+        let volume = f.measurements.as_ref().map_or_else(
+            || std::f64::consts::PI / 6.0 * f.diameter_mm.powi(3),
+            |m| m.volume_mm3,
+        );
         assert!(
             (r.volume_mm3 - volume).abs() < 1e-6 * volume.max(1.0),
             "{k}"

@@ -184,6 +184,9 @@ pub fn build_key_image(
         VR::LO,
         &options.series_description,
     );
+    // Type 2C; dciodvfy requires it without a body part to tell paired from unpaired (it then
+    // warns that it is empty).
+    put_str(&mut obj, tags::LATERALITY, VR::CS, "");
     // General Equipment, SC Equipment
     put_str(&mut obj, tags::MANUFACTURER, VR::LO, &options.manufacturer);
     put_str(
