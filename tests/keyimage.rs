@@ -33,6 +33,8 @@ fn measured_analysis(p: &Phantom) -> Analysis {
         .enumerate()
         .filter_map(|(k, n)| {
             let f = Finding {
+                kind: noduled::pipeline::FindingKind::Nodule,
+                extent_mm: None,
                 candidate: k,
                 center_irc: n.center_irc,
                 center_xyz: n.center_xyz,
@@ -62,6 +64,7 @@ fn measured_analysis(p: &Phantom) -> Analysis {
         origin_xyz: geometry.origin_xyz,
         direction: geometry.direction_flat(),
         warnings: vec![],
+        caveats: vec![],
         candidates: vec![],
         lung_rads: Some(lungrads::exam_category(
             findings.iter().filter_map(|f| f.lung_rads),

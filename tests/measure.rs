@@ -54,7 +54,9 @@ fn expected_type(kind: NoduleKind) -> NoduleType {
     match kind {
         NoduleKind::Calcified => NoduleType::Calcified,
         NoduleKind::PartSolid => NoduleType::PartSolid,
-        NoduleKind::Solid | NoduleKind::Lobulated | NoduleKind::Spiculated => NoduleType::Solid,
+        NoduleKind::Solid | NoduleKind::Lobulated | NoduleKind::Spiculated | NoduleKind::Mass => {
+            NoduleType::Solid
+        }
     }
 }
 
@@ -204,6 +206,8 @@ fn ground_glass_sphere_is_ground_glass() {
 /// A finding at `center_irc` as the classifier would give it.
 fn finding(candidate: usize, p: &Phantom, center_irc: [f64; 3], diameter_mm: f64) -> Finding {
     Finding {
+        kind: noduled::pipeline::FindingKind::Nodule,
+        extent_mm: None,
         candidate,
         center_irc,
         center_xyz: p.volume.geometry.irc_to_xyz(center_irc),
