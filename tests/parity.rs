@@ -33,7 +33,11 @@ fn pipeline(shared: &Path) -> &'static Pipeline {
             &book.join("seg_unet.onnx"),
             &book.join("nodule_cls.onnx"),
             None,
-            PipelineOptions::default(),
+            // The book's processing: the reference has no lung-region shortcut.
+            PipelineOptions {
+                exact: true,
+                threads: 0,
+            },
         )
         .expect("book models load")
     })

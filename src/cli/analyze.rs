@@ -60,6 +60,10 @@ pub struct Args {
     /// The book's processing with no shortcut: any speed-up that could change candidates is off.
     #[arg(long)]
     exact: bool,
+    /// Inference engine: tract, or ort / ort-cuda in builds with those features [default: the
+    /// configuration's pipeline.engine, tract].
+    #[arg(long, value_name = "NAME")]
+    engine: Option<String>,
 }
 
 /// The model at `flag`, or the configured default if it exists, or an error telling to pass the flag.
@@ -110,8 +114,10 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         exact: args.exact,
         threads: args.threads.map_or(config.pipeline.threads, usize::from),
     };
-    let pipeline = Pipeline::load(&seg, &nodule, malignancy.as_deref(), options)
-        .context("cannot load the models")?;
+    let engine = args.engine.as_deref().unwrap_or(&config.pipeline.engine);
+    let pipeline =
+        Pipeline::load_with_engine(engine, &seg, &nodule, malignancy.as_deref(), options)
+            .context("cannot load the models")?;
 
     let started = Instant::now();
     let volume =
