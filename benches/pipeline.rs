@@ -263,7 +263,7 @@ fn main() {
          'x limit' = total / (exact GFLOP / {peak} GFLOP/s peak)"
     );
     println!(
-        "{:<8} {:<6} {:<8} {:>6} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>8} {:>8} {:>7} {:>8} {}",
+        "{:<8} {:<6} {:<8} {:>6} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>6} {:>8} {:>8} {:>7} {:>8} tiles",
         "case",
         "engine",
         "mode",
@@ -279,7 +279,6 @@ fn main() {
         "x limit",
         "RSS MB",
         "vol MB",
-        "tiles"
     );
     for case in env_list("NODULED_BENCH_CASES", "lidc,phantom") {
         if case == "lidc" && !shared().join("data/lidc/LIDC-IDRI-0001").is_dir() {
