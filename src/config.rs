@@ -56,6 +56,9 @@ pub struct PipelineConfig {
     pub malignancy_model: String,
     /// Worker threads for inference; 0 means all cores.
     pub threads: usize,
+    /// Inference engine: `tract` (built in), `ort` / `ort-cuda` (onnxruntime, builds with
+    /// `--features ort` / `--features cuda`).
+    pub engine: String,
 }
 
 impl Default for PipelineConfig {
@@ -66,6 +69,7 @@ impl Default for PipelineConfig {
             nodule_model: PathBuf::from("nodule.onnx"),
             malignancy_model: "malignancy.onnx".into(),
             threads: 0,
+            engine: "tract".into(),
         }
     }
 }
@@ -379,6 +383,14 @@ impl Config {
             problems.push("series.uneven_step_fraction must not be negative".into());
         }
         self.server.check(problems);
+        let engines = crate::engine::available_engines();
+        if !engines.contains(&self.pipeline.engine.as_str()) {
+            problems.push(format!(
+                "pipeline.engine {:?} is not available in this build (it has {})",
+                self.pipeline.engine,
+                engines.join(", ")
+            ));
+        }
         if self.pipeline.malignancy_model.trim().is_empty() {
             problems.push("pipeline.malignancy_model must be `diameter` or a model file".into());
         }

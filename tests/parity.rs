@@ -33,10 +33,11 @@ fn pipeline(shared: &Path) -> &'static Pipeline {
             &book.join("seg_unet.onnx"),
             &book.join("nodule_cls.onnx"),
             None,
-            // The book's findings: no fragment merging, lung mask or size floor.
+            // The book's processing and findings: no shortcut, no fragment merging, lung mask or
+            // size floor.
             PipelineOptions {
                 exact: true,
-                ..PipelineOptions::default()
+                threads: 0,
             },
         )
         .expect("book models load")

@@ -204,12 +204,13 @@ fn print_table(a: &Analysis) -> std::io::Result<()> {
         let count = |r: SuppressReason| a.suppressed.iter().filter(|s| s.reason == r).count();
         writeln!(
             out,
-            "suppressed {} (merged fragments {}, outside the lung {}, under {} mm {})",
+            "suppressed {} (merged fragments {}, outside the lung {}, under {} mm {}, parts of masses {})",
             a.suppressed.len(),
             count(SuppressReason::Merged),
             count(SuppressReason::OutsideLung),
             ReduceOptions::default().min_mean_diameter_mm,
-            count(SuppressReason::BelowSizeFloor)
+            count(SuppressReason::BelowSizeFloor),
+            count(SuppressReason::PartOfMass)
         )?;
     }
     if !a.findings.is_empty() {

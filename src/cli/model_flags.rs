@@ -94,6 +94,10 @@ pub struct ModelFlags {
     /// and every classifier nodule is a finding (no fragment merging, lung mask or size floor).
     #[arg(long)]
     pub exact: bool,
+    /// Inference engine: tract, or ort / ort-cuda in builds with those features [default: the
+    /// configuration's pipeline.engine, tract].
+    #[arg(long, value_name = "NAME")]
+    pub engine: Option<String>,
 }
 
 impl ModelFlags {
@@ -109,7 +113,9 @@ impl ModelFlags {
             exact: self.exact,
             threads: self.threads.map_or(config.pipeline.threads, usize::from),
         };
-        Pipeline::load(
+        let engine = self.engine.as_deref().unwrap_or(&config.pipeline.engine);
+        Pipeline::load_with_engine(
+            engine,
             &models.segmentation,
             &models.nodule,
             models.malignancy.as_deref(),

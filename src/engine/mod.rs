@@ -8,6 +8,8 @@
 //! ([`ModelRole`]), so passing the classifier as the segmentation model fails at load, not mid-run.
 
 pub mod provenance;
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod tract;
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -48,6 +50,8 @@ pub enum EngineError {
     },
     #[error("running model {name} failed: {message}")]
     Run { name: String, message: String },
+    #[error("unknown inference engine {name:?}: this build has {}", available_engines().join(", "))]
+    UnknownEngine { name: String },
 }
 
 /// One dimension of a model's declared input: a fixed size or a named free one (`batch`, `height`).
@@ -155,6 +159,35 @@ pub trait Engine: Send + Sync {
 /// The engine noduled uses unless told otherwise (tract: pure Rust, no native libraries).
 pub fn default_engine() -> Box<dyn Engine> {
     Box::new(tract::TractEngine::new())
+}
+
+/// The engine names this build accepts (`--engine`, `pipeline.engine`): `tract` always, `ort` with
+/// `--features ort`, `ort-cuda` with `--features cuda`.
+pub fn available_engines() -> Vec<&'static str> {
+    let mut names = vec!["tract"];
+    if cfg!(feature = "ort") {
+        names.push("ort");
+    }
+    if cfg!(feature = "cuda") {
+        names.push("ort-cuda");
+    }
+    names
+}
+
+/// The engine called `name` (see [`available_engines`]); `threads` is the intra-op thread count of
+/// engines that parallelise each call themselves (onnxruntime; 0: one per core), ignored by tract.
+pub fn engine_named(name: &str, threads: usize) -> Result<Box<dyn Engine>, EngineError> {
+    let _ = threads;
+    match name {
+        "tract" => Ok(Box::new(tract::TractEngine::new())),
+        #[cfg(feature = "ort")]
+        "ort" => Ok(Box::new(ort::OrtEngine::new(threads))),
+        #[cfg(feature = "cuda")]
+        "ort-cuda" => Ok(Box::new(ort::OrtEngine::cuda(threads, 0))),
+        _ => Err(EngineError::UnknownEngine {
+            name: name.to_string(),
+        }),
+    }
 }
 
 /// What a model is loaded for; each role has an input shape it must accept.
@@ -280,6 +313,14 @@ mod tests {
         assert!(ModelRole::Nodule.accepts(&crop));
         assert!(ModelRole::Malignancy.accepts(&crop));
         assert!(!ModelRole::Nodule.accepts(&ok));
+    }
+
+    #[test]
+    fn engines_by_name() {
+        assert!(engine_named("tract", 2).is_ok());
+        let err = engine_named("tensorflow", 2).err().expect("unknown engine");
+        assert!(err.to_string().contains("tract"), "{err}");
+        assert_eq!(engine_named("ort", 1).is_ok(), cfg!(feature = "ort"));
     }
 
     #[test]

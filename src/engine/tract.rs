@@ -18,6 +18,15 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+/// tract's knob that turns its direct (im2col-free) 2D convolution off. That kernel computes 4
+/// output channels at a time with 8-wide AVX2 vectors; on the book's U-Net (16–64 channels, 3×3)
+/// im2col and tract's AVX-512 matrix kernels are faster: 1.015 s against 1.286 s a 512×512 slice
+/// on one thread (minimum of 3 interleaved runs each on the shared 2-core machine, load ≈ 13:
+/// `NODULED_BENCH_QUICK=1 cargo bench --bench pipeline` with and without the variable). It is
+/// set while a plan is optimised unless the variable is given in the environment (then that
+/// value holds). 3D convolutions (the classifiers) do not use the direct kernel either way.
+const DIRECT_SPATIAL_KNOB: &str = "TRACT_DISABLE_DIRECT_SPATIAL";
+
 /// The tract engine.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TractEngine;
@@ -175,13 +184,21 @@ impl TractModel {
             message: chain(&e),
         };
         let started = std::time::Instant::now();
-        let plan = self
+        let typed = self
             .parsed
             .clone()
             .with_input_fact(0, f32::fact(shape).into())
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
+            .and_then(|m| m.into_typed())
             .map_err(run_err)?;
+        let optimize = move || typed.into_optimized();
+        let optimized = if std::env::var_os(DIRECT_SPATIAL_KNOB).is_some() {
+            optimize() // the operator's choice wins
+        } else {
+            tract_onnx::tract_core::knobs::KnobScope::new([(DIRECT_SPATIAL_KNOB, "true")])
+                .map_err(run_err)?
+                .enter(optimize)
+        };
+        let plan = optimized.and_then(|m| m.into_runnable()).map_err(run_err)?;
         tracing::debug!(
             model = %self.info.name,
             ?shape,

@@ -13,9 +13,12 @@
 //! Models are loaded once ([`Models::load`]) and shared by a worker pool of `threads` threads that
 //! runs slices and crops in parallel. [`PipelineOptions::exact`] asks for the book's processing with
 //! no shortcut: any speed-up that can change candidates must be off when it is set, and the
-//! findings are the book's (every candidate with p_nodule > 0.5). Without it, [`reduce`] merges
-//! fragments, drops findings away from the lung ([`lung`]) and under the Lung-RADS size floor.
-//! Every finding is measured ([`measure`]) and categorised ([`lungrads`]) either way.
+//! findings are the book's (every candidate with p_nodule > 0.5). Without it (the default) the
+//! U-Net runs only on a tile around the body in each slice ([`segment::body_regions`],
+//! [`segment::segment_regions`]): the same answer inside the body, nothing in the air around it
+//! (`tests/fast_vs_exact.rs`); and [`reduce`] merges fragments, drops findings away from the lung
+//! ([`lung`]) and under the Lung-RADS size floor. Every finding is measured ([`measure`]) and
+//! categorised ([`lungrads`]) either way.
 
 pub mod caveats;
 pub mod classify;
@@ -93,7 +96,8 @@ impl Stage {
     }
 }
 
-/// How to run. The default: not exact (false-positive reduction on), one worker per core.
+/// How to run. The default: not exact (body-region shortcut and false-positive reduction on), one
+/// worker per core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineOptions {
     /// The book's processing with no shortcut (see the module docs).
@@ -346,6 +350,20 @@ impl Pipeline {
         Pipeline::new(models, options, engine.name())
     }
 
+    /// [`Pipeline::load`] with the engine called `engine` (see [`engine::engine_named`]; engines
+    /// that parallelise each call themselves get `options.threads` threads).
+    pub fn load_with_engine(
+        engine: &str,
+        segmentation: &Path,
+        nodule: &Path,
+        malignancy: Option<&Path>,
+        options: PipelineOptions,
+    ) -> Result<Pipeline, PipelineError> {
+        let engine = engine::engine_named(engine, options.threads)?;
+        let models = Models::load(engine.as_ref(), segmentation, nodule, malignancy)?;
+        Pipeline::new(models, options, engine.name())
+    }
+
     /// A pipeline over `models` with a pool of `options.threads` workers (0: one per core).
     /// `engine` names the runtime in reports (see [`Engine::name`]).
     pub fn new(
@@ -464,9 +482,15 @@ impl Pipeline {
         let hu = volume.hu.view();
 
         let t = Instant::now();
-        let probability = self
-            .pool
-            .install(|| segment::segment(self.models.segmentation.as_ref(), hu, progress))?;
+        let probability = self.pool.install(|| {
+            if self.options.exact {
+                segment::segment(self.models.segmentation.as_ref(), hu, progress)
+            } else {
+                // Body-region shortcut (see `segment`): the U-Net runs on a tile around the body.
+                let regions = segment::body_regions(hu);
+                segment::segment_regions(self.models.segmentation.as_ref(), hu, &regions, progress)
+            }
+        })?;
         let segment_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -631,12 +655,30 @@ impl Pipeline {
             (kept, suppressed)
         };
         // Masses first: the classifier was not asked about them, nor may fragment merging or the
-        // size floor drop them.
-        let mut findings: Vec<Finding> = masses
+        // size floor drop them. A nodule finding within a mass's reach is one of its fragments
+        // (fragments of one mass are one finding).
+        let mass_findings: Vec<Finding> = masses
             .iter()
             .filter_map(|m| mass_finding(m, &candidates, geometry))
-            .chain(findings)
             .collect();
+        let mut suppressed = suppressed;
+        let (fragments, nodule_findings): (Vec<Finding>, Vec<Finding>) =
+            findings.into_iter().partition(|f| {
+                masses.iter().any(|m| {
+                    let reach = m.max_extent_mm() / 2.0;
+                    m.contains(f.center_irc)
+                        || distance_mm(geometry.irc_to_xyz(m.center_irc), f.center_xyz) <= reach
+                })
+            });
+        suppressed.extend(fragments.iter().map(|f| reduce::Suppressed {
+            candidate: f.candidate,
+            center_xyz: f.center_xyz,
+            p_nodule: f.p_nodule,
+            reason: reduce::SuppressReason::PartOfMass,
+            into: None,
+            mean_diameter_mm: f.measurements.as_ref().map(|m| m.mean_diameter_mm),
+        }));
+        let mut findings: Vec<Finding> = mass_findings.into_iter().chain(nodule_findings).collect();
         for f in findings.iter_mut().filter(|f| f.kind == FindingKind::Mass) {
             f.lung_rads = Some(lungrads::LungRads::VerySuspicious4X);
         }
@@ -676,6 +718,10 @@ impl Pipeline {
             },
         })
     }
+}
+
+fn distance_mm(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
 }
 
 /// The finding of one mass: its own centre, size and the diameter baseline's p_malignant, linked to

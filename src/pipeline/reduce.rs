@@ -60,6 +60,8 @@ pub enum SuppressReason {
     OutsideLung,
     /// Mean diameter under the size floor.
     BelowSizeFloor,
+    /// A fragment of a mass (see `pipeline::mass`): the mass is the finding.
+    PartOfMass,
 }
 
 /// A classifier nodule that is not reported, and why.

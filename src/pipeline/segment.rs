@@ -9,15 +9,113 @@
 //! The U-Net halves H and W twice, so both must be divisible by 4. A volume whose rows or columns are
 //! not is padded on the bottom/right with -1000 HU (air, the clamp floor) up to the next multiple of
 //! 4 and the padding is cut off the answer again: the only way such a volume can be run at all.
+//!
+//! **Regions** (the default outside `--exact`, see [`segment_regions`]): the U-Net is fully
+//! convolutional, so its answer at a pixel depends only on the pixels within its receptive field
+//! (at most 26 pixels for the book's depth-3 U-Net). A slice can therefore be run on a *tile*: the rows and columns where an
+//! answer is wanted (the body) plus a [`TILE_MARGIN`] of context on each side, the tile's corner
+//! on a multiple of 4 so the two 2×2 poolings see the same pixel groups as on the whole slice.
+//! Inside the wanted region the tile's answer is the whole slice's (to float rounding; the
+//! `fast_vs_exact` tests check it); outside it the probability is 0, and slices without a region are
+//! not run at all. Tile sizes are rounded up to multiples of [`TILE_STEP`] so a volume needs only a
+//! few shapes, each optimised once by the engine.
 
 use super::{PipelineError, Stage, CONTEXT_SLICES, HU_MAX, HU_MIN};
 use crate::engine::{EngineError, Model, Outputs};
-use ndarray::{s, Array3, Array4, ArrayView3, ArrayViewMut2, Axis, Ix4};
+use ndarray::{s, Array3, Array4, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Ix4};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Name of the segmentation model's output read (falls back to the first output).
 pub const OUTPUT: &str = "nodule_probability";
+
+/// Context pixels kept around a region on each side of a tile (the U-Net's receptive field reaches
+/// 26 pixels: 2·1 + 2·2 + 2·4 + 2·2 + 2·1 from its 3×3 convolutions, 1 + 2 + 2 + 1 from the 2×2
+/// poolings and up-convolutions; a multiple of 4).
+pub const TILE_MARGIN: usize = 32;
+
+/// Tile heights and widths are multiples of this (fewer distinct shapes, fewer optimised plans).
+pub const TILE_STEP: usize = 64;
+
+/// The rows and columns of one slice where the segmentation is wanted (half-open ranges).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+}
+
+/// Voxels above this are tissue (HU): the body's outline against the air around it.
+pub const BODY_THRESHOLD_HU: f32 = -500.0;
+
+/// A tissue component belongs to the body region if its area is at least this fraction of the
+/// slice's largest (drops the table's rails and specks of noise; keeps both halves of a body a
+/// slice cuts in two, and arms).
+pub const BODY_MIN_FRACTION: f64 = 0.1;
+
+/// Per-slice regions for [`segment_regions`]: the bounding box of the body in each slice, i.e. of
+/// the 4-connected tissue components (HU above [`BODY_THRESHOLD_HU`]) of at least
+/// [`BODY_MIN_FRACTION`] of the slice's largest one. `None` for a slice with no tissue. Outside
+/// the box there is only air (and the table), where the U-Net has nothing to find.
+pub fn body_regions(hu: ArrayView3<'_, f32>) -> Vec<Option<Region>> {
+    let [_, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
+    let planes: Vec<_> = hu.outer_iter().collect();
+    planes
+        .par_iter()
+        .map_init(
+            || (vec![0u32; h * w], Vec::new()),
+            |(labels, stack), plane| {
+                labels.iter_mut().for_each(|l| *l = 0);
+                // (area, row range, column range) per component, label k at index k - 1.
+                let mut parts: Vec<(usize, Range<usize>, Range<usize>)> = Vec::new();
+                for (start, &v) in plane.iter().enumerate() {
+                    if v <= BODY_THRESHOLD_HU || labels[start] != 0 {
+                        continue;
+                    }
+                    let label = parts.len() as u32 + 1;
+                    let (r, c) = (start / w, start % w);
+                    let mut part = (0usize, r..r + 1, c..c + 1);
+                    labels[start] = label;
+                    stack.push(start);
+                    while let Some(p) = stack.pop() {
+                        let (r, c) = (p / w, p % w);
+                        part.0 += 1;
+                        part.1 = part.1.start.min(r)..part.1.end.max(r + 1);
+                        part.2 = part.2.start.min(c)..part.2.end.max(c + 1);
+                        let mut visit = |q: usize, rr: usize, cc: usize| {
+                            if labels[q] == 0 && plane[[rr, cc]] > BODY_THRESHOLD_HU {
+                                labels[q] = label;
+                                stack.push(q);
+                            }
+                        };
+                        if r > 0 {
+                            visit(p - w, r - 1, c);
+                        }
+                        if r + 1 < h {
+                            visit(p + w, r + 1, c);
+                        }
+                        if c > 0 {
+                            visit(p - 1, r, c - 1);
+                        }
+                        if c + 1 < w {
+                            visit(p + 1, r, c + 1);
+                        }
+                    }
+                    parts.push(part);
+                }
+                let largest = parts.iter().map(|p| p.0).max()?;
+                parts
+                    .into_iter()
+                    .filter(|p| p.0 as f64 >= BODY_MIN_FRACTION * largest as f64)
+                    .map(|(_, rows, cols)| Region { rows, cols })
+                    .reduce(|a, b| Region {
+                        rows: a.rows.start.min(b.rows.start)..a.rows.end.max(b.rows.end),
+                        cols: a.cols.start.min(b.cols.start)..a.cols.end.max(b.cols.end),
+                    })
+            },
+        )
+        .collect()
+}
 
 /// Rounds `n` up to a multiple of 4 (the U-Net's two 2× poolings).
 pub fn padded_extent(n: usize) -> usize {
@@ -37,6 +135,103 @@ pub fn slice_input(hu: ArrayView3<'_, f32>, index: usize) -> Array4<f32> {
         out.zip_mut_with(&plane, |o, &v| *o = v.clamp(HU_MIN, HU_MAX));
     }
     input
+}
+
+/// The tile (start, length) along one axis of `extent` pixels for the wanted `range`: the range
+/// widened by [`TILE_MARGIN`] each side, its start on a multiple of 4, its length a multiple of
+/// [`TILE_STEP`] (or the whole padded extent when that is not larger), inside `0..padded_extent`.
+pub fn tile_span(range: &Range<usize>, extent: usize) -> (usize, usize) {
+    let padded = padded_extent(extent);
+    let start = range.start.saturating_sub(TILE_MARGIN) / 4 * 4;
+    let end = (range.end.min(extent) + TILE_MARGIN).min(padded);
+    let length = (end.saturating_sub(start)).div_ceil(TILE_STEP) * TILE_STEP;
+    if length >= padded {
+        return (0, padded);
+    }
+    // Shift back inside the padded slice; padded and length are multiples of 4, so the start stays
+    // on one.
+    (start.min(padded - length), length)
+}
+
+/// The model input for the tile `rows × cols` (padded coordinates) of slice `index`: like
+/// [`slice_input`] cut to the tile, so pixels past the slice's last row or column are -1000 HU.
+pub fn tile_input(
+    hu: ArrayView3<'_, f32>,
+    index: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) -> Array4<f32> {
+    let [n, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
+    let channels = 2 * CONTEXT_SLICES + 1;
+    let mut input = Array4::from_elem((1, channels, rows.len(), cols.len()), HU_MIN);
+    let (r1, c1) = (rows.end.min(h), cols.end.min(w));
+    if rows.start >= r1 || cols.start >= c1 {
+        return input;
+    }
+    let (th, tw) = (r1 - rows.start, c1 - cols.start);
+    for k in 0..channels {
+        let source = (index + k).saturating_sub(CONTEXT_SLICES).min(n - 1);
+        let plane = hu.slice(s![source, rows.start..r1, cols.start..c1]);
+        let mut out = input.slice_mut(s![0, k, ..th, ..tw]);
+        out.zip_mut_with(&plane, |o, &v| *o = v.clamp(HU_MIN, HU_MAX));
+    }
+    input
+}
+
+/// The U-Net probability inside each slice's region, 0 elsewhere (see the module docs): slice `i`
+/// is run on a tile around `regions[i]`, or not at all when it is `None` (or empty). `regions`
+/// must have one entry per slice. Slices run in parallel on the current rayon pool; `progress`
+/// gets (slices done, slices to run).
+pub fn segment_regions(
+    model: &dyn Model,
+    hu: ArrayView3<'_, f32>,
+    regions: &[Option<Region>],
+    progress: &(dyn Fn(Stage, usize, usize) + Sync),
+) -> Result<Array3<f32>, PipelineError> {
+    let [n, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
+    let mut probability = Array3::<f32>::zeros((n, h, w));
+    let wanted = |r: &Option<Region>| -> Option<Region> {
+        r.as_ref()
+            .map(|r| Region {
+                rows: r.rows.start.min(h)..r.rows.end.min(h),
+                cols: r.cols.start.min(w)..r.cols.end.min(w),
+            })
+            .filter(|r| !r.rows.is_empty() && !r.cols.is_empty())
+    };
+    let mut jobs: Vec<(usize, Region, ArrayViewMut2<'_, f32>)> = probability
+        .outer_iter_mut()
+        .enumerate()
+        .filter_map(|(i, plane)| {
+            let region = wanted(regions.get(i)?)?;
+            Some((i, region, plane))
+        })
+        .collect();
+    let total = jobs.len();
+    let done = AtomicUsize::new(0);
+    progress(Stage::Segment, 0, total);
+    jobs.par_iter_mut().with_max_len(1).try_for_each(
+        |(index, region, plane)| -> Result<(), PipelineError> {
+            let (r0, rh) = tile_span(&region.rows, h);
+            let (c0, cw) = tile_span(&region.cols, w);
+            let input = tile_input(hu, *index, r0..r0 + rh, c0..c0 + cw);
+            let outputs = model.run(input.view().into_dyn())?;
+            let prob = output_plane(model, &outputs, [rh, cw])?;
+            let (rows, cols) = (region.rows.clone(), region.cols.clone());
+            plane
+                .slice_mut(s![rows.clone(), cols.clone()])
+                .assign(&prob.slice(s![
+                    rows.start - r0..rows.end - r0,
+                    cols.start - c0..cols.end - c0
+                ]));
+            progress(
+                Stage::Segment,
+                done.fetch_add(1, Ordering::Relaxed) + 1,
+                total,
+            );
+            Ok(())
+        },
+    )?;
+    Ok(probability)
 }
 
 /// The U-Net probability of every voxel, `[index, row, column]` like `hu`. Slices run in parallel
@@ -76,6 +271,17 @@ fn copy_plane(
     plane: &mut ArrayViewMut2<'_, f32>,
 ) -> Result<(), PipelineError> {
     let (h, w) = plane.dim();
+    let prob = output_plane(model, outputs, [padded_extent(h), padded_extent(w)])?;
+    plane.assign(&prob.slice(s![..h, ..w]));
+    Ok(())
+}
+
+/// The `[H, W]` plane of the model's `[1, 1, H, W]` probability output, checked against `size`.
+fn output_plane<'a>(
+    model: &dyn Model,
+    outputs: &'a Outputs,
+    size: [usize; 2],
+) -> Result<ArrayView2<'a, f32>, PipelineError> {
     let name = &model.info().name;
     let prob = match outputs.get(OUTPUT) {
         Some(p) => p,
@@ -93,17 +299,16 @@ fn copy_plane(
         model: name.clone(),
         output: OUTPUT.to_string(),
         shape: prob.shape().to_vec(),
-        expected: format!("[1, 1, {}, {}]", padded_extent(h), padded_extent(w)),
+        expected: format!("[1, 1, {}, {}]", size[0], size[1]),
     };
     let prob = prob
         .view()
         .into_dimensionality::<Ix4>()
         .map_err(|_| shape_err())?;
-    if prob.shape()[..2] != [1, 1] || prob.shape()[2] < h || prob.shape()[3] < w {
+    if prob.shape() != [1, 1, size[0], size[1]] {
         return Err(shape_err());
     }
-    plane.assign(&prob.slice(s![0, 0, ..h, ..w]));
-    Ok(())
+    Ok(prob.index_axis_move(Axis(0), 0).index_axis_move(Axis(0), 0))
 }
 
 #[cfg(test)]
@@ -136,5 +341,56 @@ mod tests {
         assert_eq!(input[[0, 3, 4, 5]], 40.0);
         assert_eq!(input[[0, 3, 5, 0]], -1000.0);
         assert_eq!(input[[0, 3, 0, 6]], -1000.0);
+    }
+
+    #[test]
+    fn tiles_cover_the_region_with_margin_on_the_pooling_grid() {
+        for (range, extent) in [(100..300, 512), (0..10, 512), (500..512, 512), (3..5, 6)] {
+            let (start, len) = tile_span(&range, extent);
+            let padded = padded_extent(extent);
+            assert_eq!(start % 4, 0, "{range:?}");
+            assert!(start + len <= padded, "{range:?}: {start}+{len}");
+            assert!(
+                len % TILE_STEP == 0 || (start, len) == (0, padded),
+                "{range:?}"
+            );
+            // The margin is there unless the tile reaches the slice's own edge.
+            assert!(
+                start == 0 || start + TILE_MARGIN <= range.start,
+                "{range:?}"
+            );
+            assert!(start + len == padded || range.end + TILE_MARGIN <= start + len);
+        }
+        assert_eq!(tile_span(&(200..260), 512), (168, 128));
+        assert_eq!(tile_span(&(0..512), 512), (0, 512));
+    }
+
+    #[test]
+    fn tile_input_is_the_slice_input_cut_to_the_tile() {
+        let hu = Array3::from_shape_fn((5, 10, 14), |(i, r, c)| {
+            (i * 1000 + r * 20 + c) as f32 - 1200.0
+        });
+        let whole = slice_input(hu.view(), 2);
+        let tile = tile_input(hu.view(), 2, 4..12, 8..16);
+        assert_eq!(tile.shape(), &[1, 7, 8, 8]);
+        assert_eq!(tile, whole.slice(s![.., .., 4..12, 8..16]));
+    }
+
+    #[test]
+    fn body_region_is_the_box_of_the_large_tissue_parts() {
+        let mut hu = Array3::from_elem((3, 40, 50), -1000.0f32);
+        // Slice 0: a body (rows 5..25, columns 10..40) with air (lung) inside, and a 2×2 speck.
+        hu.slice_mut(s![0, 5..25, 10..40]).fill(40.0);
+        hu.slice_mut(s![0, 10..20, 15..35]).fill(-850.0);
+        hu.slice_mut(s![0, 30..32, 45..47]).fill(200.0);
+        // Slice 1: two large parts (a body cut in two) -> their joint box.
+        hu.slice_mut(s![1, 5..15, 2..12]).fill(0.0);
+        hu.slice_mut(s![1, 20..35, 30..45]).fill(0.0);
+        // Slice 2: air only.
+        let regions = body_regions(hu.view());
+        let region = |rows: Range<usize>, cols: Range<usize>| Some(Region { rows, cols });
+        assert_eq!(regions[0], region(5..25, 10..40));
+        assert_eq!(regions[1], region(5..35, 2..45));
+        assert_eq!(regions[2], None);
     }
 }
