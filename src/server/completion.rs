@@ -37,8 +37,17 @@ fn check(context: &Context) -> Result<(), crate::store::StoreError> {
                 {
                     continue;
                 }
-                if series.instance_count > server.max_series_instances {
-                    let reason = format!("series-too-large: {} instances, more than {}", series.instance_count, server.max_series_instances);
+                // C-STORE stops at the cap and records why (so the count never exceeds it):
+                // a capped series is refused as a whole, never analysed on its first slices.
+                let capped = series
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("series-too-large"));
+                if capped || series.instance_count > server.max_series_instances {
+                    let reason = format!(
+                        "series-too-large: {} instances stored, more than {} sent",
+                        series.instance_count, server.max_series_instances
+                    );
                     tracing::warn!(series_uid = %series.series_uid, reason = %reason, "series refused");
                     context.store.update_series(&series.series_uid, |s| {
                         s.state = SeriesState::Refused;
@@ -46,7 +55,10 @@ fn check(context: &Context) -> Result<(), crate::store::StoreError> {
                     })?;
                     continue;
                 }
-                if context.store.queue_job(&series.series_uid, series.generation)? {
+                if context
+                    .store
+                    .queue_job(&series.series_uid, series.generation)?
+                {
                     tracing::info!(
                         series_uid = %series.series_uid,
                         instances = series.instance_count,
