@@ -742,6 +742,15 @@ fn bad_series_are_refused_with_recorded_reasons() {
             "{name}: the refusal is logged with the series UID"
         );
     }
+    // Patient data stays out of the log (info level): names and IDs never, UIDs yes.
+    let phantom_slice = open(&std::fs::read_dir(d.join("gap")).unwrap().flatten().next().unwrap().path());
+    let log = daemon.log_text();
+    for tag in [tags::PATIENT_NAME, tags::PATIENT_ID, tags::PATIENT_BIRTH_DATE] {
+        let value = text(&phantom_slice, tag);
+        if value.len() >= 4 {
+            assert!(!log.contains(&value), "{tag} value {value:?} appears in the log");
+        }
+    }
     let cap = &cases.last().unwrap().1;
     assert_eq!(
         count_instances(&daemon, cap),
