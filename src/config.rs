@@ -204,8 +204,15 @@ impl AllowedPeer {
 
 /// AE titles: 1-16 characters of the default repertoire, no backslash, not all spaces.
 pub fn check_ae_title(ae: &str) -> Result<(), String> {
-    if ae.trim().is_empty() || ae.len() > 16 || ae.chars().any(|c| c.is_control() || c == '\\' || !c.is_ascii()) {
-        return Err(format!("{ae:?} is not a valid AE title (1-16 ASCII characters, no backslash)"));
+    if ae.trim().is_empty()
+        || ae.len() > 16
+        || ae
+            .chars()
+            .any(|c| c.is_control() || c == '\\' || !c.is_ascii())
+    {
+        return Err(format!(
+            "{ae:?} is not a valid AE title (1-16 ASCII characters, no backslash)"
+        ));
     }
     Ok(())
 }
@@ -241,10 +248,16 @@ impl ServerConfig {
                 problems.push(format!("server.allowed_calling_aes: {e}"));
             }
         }
-        let known: Vec<String> = self.destinations().into_iter().map(|d| d.ae_title).collect();
+        let known: Vec<String> = self
+            .destinations()
+            .into_iter()
+            .map(|d| d.ae_title)
+            .collect();
         for f in &self.forward_reports_to {
             if !known.contains(f) {
-                problems.push(format!("server.forward_reports_to: {f:?} is not in server.destinations"));
+                problems.push(format!(
+                    "server.forward_reports_to: {f:?} is not in server.destinations"
+                ));
             }
         }
         for (name, value) in [
@@ -266,7 +279,8 @@ impl ServerConfig {
             problems.push("server.max_pdu_bytes must be between 4096 and 16777216".into());
         }
         if self.max_instance_mb == 0 || self.max_series_instances == 0 {
-            problems.push("server.max_instance_mb and max_series_instances must be at least 1".into());
+            problems
+                .push("server.max_instance_mb and max_series_instances must be at least 1".into());
         }
         if !self.http.is_empty() && self.http.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("server.http {:?} is not host:port", self.http));

@@ -7,9 +7,11 @@
 pub mod config;
 pub mod dicom;
 pub mod engine;
+pub mod eval;
 pub mod logging;
 pub mod phantom;
 pub mod pipeline;
+pub mod render;
 pub mod server;
 pub mod store;
 pub mod uid;

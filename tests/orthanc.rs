@@ -9,13 +9,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl").args(["-s", "--max-time", "60"]).args(args).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "60"])
+        .args(args)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn orthanc_pulls_the_report_by_c_move() {
-    let Some(shared) = common::shared() else { return };
+    let Some(shared) = common::shared() else {
+        return;
+    };
     if !have("Orthanc") || !have("storescu") || !have("curl") {
         return;
     }
@@ -62,7 +68,11 @@ fn orthanc_pulls_the_report_by_c_move() {
 
     let phantom = dir.path().join("phantom");
     let (series, study, _) = phantom_series(&phantom, 41, 24, 128);
-    let sent = daemon.dcmtk_with("storescu", &["-aet", "SCANNER", "-aec", "NODULED", "+sd", "+r"], &[phantom.to_str().unwrap()]);
+    let sent = daemon.dcmtk_with(
+        "storescu",
+        &["-aet", "SCANNER", "-aec", "NODULED", "+sd", "+r"],
+        &[phantom.to_str().unwrap()],
+    );
     assert!(sent.status.success(), "{}", describe(&sent));
     let record = daemon.wait_analysed(&series, Duration::from_secs(300));
     assert_eq!(record["state"], "analysed", "{record}");
@@ -82,7 +92,13 @@ fn orthanc_pulls_the_report_by_c_move() {
         "Synchronous": true
     })
     .to_string();
-    let answer = curl(&["-X", "POST", "-d", &body, &format!("http://127.0.0.1:{orthanc_http}/modalities/noduled/move")]);
+    let answer = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        &body,
+        &format!("http://127.0.0.1:{orthanc_http}/modalities/noduled/move"),
+    ]);
     let found = curl(&[
         "-X", "POST",
         "-d", &serde_json::json!({"Level": "Instance", "Query": {"SeriesInstanceUID": sr_series}, "Expand": true}).to_string(),
@@ -92,5 +108,10 @@ fn orthanc_pulls_the_report_by_c_move() {
     let _ = orthanc.wait();
     let instances: serde_json::Value = serde_json::from_str(&found).unwrap_or_default();
     let list = instances.as_array().cloned().unwrap_or_default();
-    assert_eq!(list.len(), 1, "the SR should be in Orthanc; move said {answer:?}; find said {found}; noduled log:\n{}", daemon.log_text());
+    assert_eq!(
+        list.len(),
+        1,
+        "the SR should be in Orthanc; move said {answer:?}; find said {found}; noduled log:\n{}",
+        daemon.log_text()
+    );
 }

@@ -33,7 +33,11 @@ fn pipeline(shared: &Path) -> &'static Pipeline {
             &book.join("seg_unet.onnx"),
             &book.join("nodule_cls.onnx"),
             None,
-            PipelineOptions::default(),
+            // The book's findings: no fragment merging, lung mask or size floor.
+            PipelineOptions {
+                exact: true,
+                ..PipelineOptions::default()
+            },
         )
         .expect("book models load")
     })

@@ -59,6 +59,10 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
             diameter_mm: n.diameter_mm,
             p_nodule: 0.9 - 0.01 * k as f64,
             p_malignant: if n.malignant { 0.8 } else { 0.2 } + 0.012345 * k as f64,
+            measurements: None,
+            lung_rads: None,
+            merged_candidates: vec![],
+            region: vec![],
         })
         .collect();
     let malignant_count = findings.iter().filter(|f| f.is_malignant()).count();
@@ -71,6 +75,9 @@ fn analysis_from_phantom(phantom: &Phantom) -> Analysis {
         warnings: vec![],
         candidates: vec![],
         findings,
+        suppressed: vec![],
+        lung_rads: None,
+        lung_volume_ml: None,
         malignant_present: malignant_count > 0,
         malignant_count,
         models: models(),

@@ -2,18 +2,17 @@
 //! nodules present?", as a findings table (and optionally JSON).
 
 use anyhow::Context;
-use noduled::config::{Config, PipelineConfig};
+use noduled::config::Config;
 use noduled::dicom;
+use noduled::dicom::keyimage::{self, KeyImageOptions};
 use noduled::dicom::sr::{self, SrOptions};
 use noduled::engine;
-use noduled::pipeline::{Analysis, Pipeline, PipelineOptions, Stage};
+use noduled::pipeline::reduce::{ReduceOptions, SuppressReason};
+use noduled::pipeline::{Analysis, Stage};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// The `--malignancy-model` value selecting the diameter baseline.
-const DIAMETER: &str = "diameter";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
@@ -39,88 +38,17 @@ pub struct Args {
     #[arg(long = "series", value_name = "UID")]
     series_uid: Option<String>,
     #[command(flatten)]
-    models: ModelFlags,
+    models: super::model_flags::ModelFlags,
     /// Also write the analysis as JSON to FILE (`-` for stdout, instead of the table).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Also write the findings as a DICOM Comprehensive 3D SR (TID 1500) to FILE.
     #[arg(long, value_name = "FILE")]
     sr: Option<PathBuf>,
-}
-
-/// The model and compute flags `analyze`, `serve` and `demo` share.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ModelFlags {
-    /// Segmentation U-Net (ONNX, input N×7×H×W) [default: models/segmentation.onnx].
-    #[arg(long, value_name = "P")]
-    pub seg_model: Option<PathBuf>,
-    /// Nodule classifier (ONNX, input N×1×32×48×48) [default: models/nodule.onnx].
-    #[arg(long, value_name = "P")]
-    pub nodule_model: Option<PathBuf>,
-    /// Malignancy classifier (ONNX, input N×1×32×48×48), or `diameter` for the book's diameter
-    /// baseline [default: models/malignancy.onnx if present, else diameter].
-    #[arg(long, value_name = "P|diameter")]
-    pub malignancy_model: Option<String>,
-    /// Worker threads for inference [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
-    /// The book's processing with no shortcut: any speed-up that could change candidates is off.
-    #[arg(long)]
-    pub exact: bool,
-}
-
-impl ModelFlags {
-    /// Resolves the flags against the configuration's defaults and loads the pipeline.
-    pub fn load_pipeline(&self, config: &Config) -> anyhow::Result<Pipeline> {
-        let seg = model_path(
-            self.seg_model.as_deref(),
-            config.model_path(&config.pipeline.segmentation_model),
-            "--seg-model",
-            "../shared/models/book/seg_unet.onnx",
-        )?;
-        let nodule = model_path(
-            self.nodule_model.as_deref(),
-            config.model_path(&config.pipeline.nodule_model),
-            "--nodule-model",
-            "../shared/models/book/nodule_cls.onnx",
-        )?;
-        let malignancy = match self.malignancy_model.as_deref() {
-            Some(DIAMETER) => None,
-            Some(path) => Some(PathBuf::from(path)),
-            None => match config.pipeline.malignancy_model.as_str() {
-                DIAMETER => None,
-                // The default file name falls back to the baseline while no model ships; a file
-                // the operator configured must exist (Models::load says so when it does not).
-                file => Some(config.model_path(Path::new(file)))
-                    .filter(|p| p.is_file() || file != PipelineConfig::default().malignancy_model),
-            },
-        };
-        let options = PipelineOptions {
-            exact: self.exact,
-            threads: self.threads.map_or(config.pipeline.threads, usize::from),
-        };
-        Pipeline::load(&seg, &nodule, malignancy.as_deref(), options)
-            .context("cannot load the models")
-    }
-}
-
-/// The model at `flag`, or the configured default if it exists, or an error telling to pass the flag.
-fn model_path(
-    given: Option<&Path>,
-    default: PathBuf,
-    flag: &str,
-    example: &str,
-) -> anyhow::Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path.to_path_buf());
-    }
-    if default.is_file() {
-        return Ok(default);
-    }
-    anyhow::bail!(
-        "no {} (no default models ship yet): {flag} is required until they do, e.g. {flag} {example}",
-        default.display()
-    )
+    /// Write a key image per finding into DIR: `nodule-N.png` (axial slice, nodule outlined and
+    /// labelled) and `nodule-N.dcm` (the same as DICOM Secondary Capture in the CT's study).
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
 }
 
 pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
@@ -181,6 +109,11 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         tracing::info!(path = %path.display(), sop_instance_uid, "structured report written");
     }
 
+    if let Some(dir) = &args.images {
+        let written = write_key_images(dir, &analysis, &volume)?;
+        tracing::info!(dir = %dir.display(), images = written, "key images written");
+    }
+
     let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&analysis)? + "\n";
@@ -195,6 +128,38 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         print_table(&analysis)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `nodule-N.png` and `nodule-N.dcm` for every finding into `dir` (created if needed);
+/// returns how many findings got images.
+fn write_key_images(
+    dir: &Path,
+    analysis: &Analysis,
+    volume: &noduled::Volume,
+) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let series_uid = noduled::uid::generate();
+    let mut written = 0;
+    for (k, finding) in analysis.findings.iter().enumerate() {
+        let number = k + 1;
+        let Some((slice, image)) = noduled::render::finding_key_image(
+            volume.hu.view(),
+            volume.geometry.spacing_xyz,
+            finding,
+            number,
+        ) else {
+            continue;
+        };
+        noduled::render::write_png(&image, &dir.join(format!("nodule-{number}.png")))?;
+        let description = noduled::render::describe_finding(finding, number);
+        let options = KeyImageOptions::new(series_uid.clone(), number as u32);
+        let object =
+            keyimage::build_key_image(&image, &volume.series, slice, &description, &options)
+                .with_context(|| format!("cannot build the key image of nodule {number}"))?;
+        sr::save(&object, &dir.join(format!("nodule-{number}.dcm")))?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// The findings table and the answer line.
@@ -217,31 +182,74 @@ fn print_table(a: &Analysis) -> std::io::Result<()> {
         a.candidates.len(),
         a.findings.len()
     )?;
+    if !a.suppressed.is_empty() {
+        let count = |r: SuppressReason| a.suppressed.iter().filter(|s| s.reason == r).count();
+        writeln!(
+            out,
+            "suppressed {} (merged fragments {}, outside the lung {}, under {} mm {})",
+            a.suppressed.len(),
+            count(SuppressReason::Merged),
+            count(SuppressReason::OutsideLung),
+            ReduceOptions::default().min_mean_diameter_mm,
+            count(SuppressReason::BelowSizeFloor)
+        )?;
+    }
     if !a.findings.is_empty() {
         writeln!(out)?;
         writeln!(
             out,
-            "{:>3} {:>9} {:>9} {:>9} {:>8} {:>8} {:>11}",
-            "#", "x mm", "y mm", "z mm", "diam mm", "p_nodule", "p_malignant"
+            "{:>3} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5} {:>12} {:>4} {:>8} {:>11}",
+            "#", "x mm", "y mm", "z mm", "diam mm", "long", "short", "mean", "vol mm3", "HU", "max",
+            "type", "LR", "p_nodule", "p_malignant"
         )?;
         for (k, f) in a.findings.iter().enumerate() {
             let [x, y, z] = f.center_xyz;
+            write!(
+                out,
+                "{:>3} {x:>9.1} {y:>9.1} {z:>9.1} {:>8.1}",
+                k + 1,
+                f.diameter_mm
+            )?;
+            match &f.measurements {
+                Some(m) => write!(
+                    out,
+                    " {:>6.1} {:>6.1} {:>6.1} {:>9.0} {:>5.0} {:>5.0} {:>12}",
+                    m.long_axis_mm,
+                    m.short_axis_mm,
+                    m.mean_diameter_mm,
+                    m.volume_mm3,
+                    m.mean_hu,
+                    m.max_hu,
+                    m.nodule_type.as_str()
+                )?,
+                None => write!(
+                    out,
+                    " {:>6} {:>6} {:>6} {:>9} {:>5} {:>5} {:>12}",
+                    "-", "-", "-", "-", "-", "-", "-"
+                )?,
+            }
             writeln!(
                 out,
-                "{:>3} {x:>9.1} {y:>9.1} {z:>9.1} {:>8.1} {:>8.3} {:>11.3}",
-                k + 1,
-                f.diameter_mm,
+                " {:>4} {:>8.3} {:>11.3}",
+                f.lung_rads.map_or("-", |c| c.as_str()),
                 f.p_nodule,
                 f.p_malignant
             )?;
         }
         writeln!(out)?;
     }
+    if let Some(category) = a.lung_rads {
+        writeln!(
+            out,
+            "Lung-RADS v2022 (baseline, by noduled): {category} ({})",
+            category.management()
+        )?;
+    }
     let s = &a.seconds;
     writeln!(
         out,
-        "seconds    load {:.1}, segment {:.1}, group {:.1}, classify {:.1}, total {:.1} ({} threads)",
-        s.load, s.segment, s.group, s.classify, s.total, a.threads
+        "seconds    load {:.1}, segment {:.1}, group {:.1}, classify {:.1}, measure {:.1}, total {:.1} ({} threads)",
+        s.load, s.segment, s.group, s.classify, s.measure, s.total, a.threads
     )?;
     if a.malignant_present {
         writeln!(

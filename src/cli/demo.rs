@@ -3,7 +3,7 @@
 //! series over DICOM (C-STORE, as a scanner would), waits for the analysis, fetches the SR back
 //! from the store and prints its findings and answer.
 
-use super::analyze::ModelFlags;
+use super::model_flags::ModelFlags;
 use anyhow::Context as _;
 use noduled::config::{Config, Destination};
 use noduled::dicom::sr;
@@ -44,7 +44,10 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     };
     spec.validate()?;
     let dataset = write_dataset(&work.path().join("phantom"), args.seed, 1, &spec)?;
-    let series = dataset.series.first().context("the phantom wrote no series")?;
+    let series = dataset
+        .series
+        .first()
+        .context("the phantom wrote no series")?;
     println!(
         "phantom    {} slices, {} nodules planted, series {}",
         series.files.len(),
@@ -72,7 +75,10 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
             host: "127.0.0.1".into(),
             port: server.dicom_address.port(),
         };
-        println!("service    {} listening on {}", ours.ae_title, server.dicom_address);
+        println!(
+            "service    {} listening on {}",
+            ours.ae_title, server.dicom_address
+        );
         let items = series
             .files
             .iter()
@@ -94,16 +100,25 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         let record = loop {
             let record = store.series(&series.series_uid)?;
             match record {
-                Some(r) if r.state == SeriesState::Analysed || r.state == SeriesState::Refused => break r,
-                _ if Instant::now() > deadline => anyhow::bail!("no report after {} s", args.timeout),
+                Some(r) if r.state == SeriesState::Analysed || r.state == SeriesState::Refused => {
+                    break r
+                }
+                _ if Instant::now() > deadline => {
+                    anyhow::bail!("no report after {} s", args.timeout)
+                }
                 _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         };
         if record.state == SeriesState::Refused {
-            anyhow::bail!("the series was refused: {}", record.reason.unwrap_or_default());
+            anyhow::bail!(
+                "the series was refused: {}",
+                record.reason.unwrap_or_default()
+            );
         }
         let sr_uid = record.sr_uid.clone().context("analysed without a report")?;
-        let sr_record = store.instance(&sr_uid)?.context("report not in the store")?;
+        let sr_record = store
+            .instance(&sr_uid)?
+            .context("report not in the store")?;
         let object = dicom_object::open_file(store.instance_path(&sr_record))?;
         let findings = sr::read_findings(&object)?;
         println!(

@@ -3,8 +3,11 @@
 mod analyze;
 mod check_config;
 mod demo;
+mod eval;
 mod info;
+mod model_flags;
 mod phantom;
+mod report;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +49,10 @@ enum Command {
     Serve(serve::Args),
     /// Phantom → service → C-STORE → analysis → SR, in one command: the product end to end.
     Demo(demo::Args),
+    /// Measure models on an annotated dataset: confusion matrix, FROC/CPM, ROC/AUC; refuses leaks.
+    Eval(eval::Args),
+    /// Render a noduled SR as a readable text (and HTML) summary.
+    Report(report::Args),
 }
 
 /// The configuration: loaded once from `--config`, or the defaults.
@@ -64,5 +71,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config::run(args),
         Command::Serve(args) => serve::run(args, config),
         Command::Demo(args) => demo::run(args, config),
+        Command::Eval(args) => eval::run(args, config),
+        Command::Report(args) => report::run(args, config),
     }
 }

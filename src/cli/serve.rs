@@ -2,7 +2,7 @@
 //! section of `--config`; the models are loaded before the port opens, so a bad model file stops
 //! the start with a one-line error instead of failing every series later.
 
-use super::analyze::ModelFlags;
+use super::model_flags::ModelFlags;
 use anyhow::Context as _;
 use noduled::config::Config;
 use noduled::server::{systemd, RunningServer};
@@ -64,7 +64,11 @@ fn configure(args: &Args, config: &Config) -> anyhow::Result<Config> {
     }
     server.destinations.extend(args.destination.iter().cloned());
     if let Some(http) = &args.http {
-        server.http = if http == "off" { String::new() } else { http.clone() };
+        server.http = if http == "off" {
+            String::new()
+        } else {
+            http.clone()
+        };
     }
     let text = toml::to_string(&config).context("cannot serialise the configuration")?;
     Config::parse(&text).map_err(|problems| anyhow::anyhow!("{}", problems.join("; ")))

@@ -149,6 +149,26 @@ pub const IMPRESSION: Code = code("121073", "DCM", "Impression");
 pub const MALIGNANT: Code = code("21594007", "SCT", "Malignant");
 pub const BENIGN: Code = code("30807003", "SCT", "Benign");
 
+/// NUM: longest axial diameter (mm) of the measured region ([`crate::pipeline::measure`]).
+pub const LONG_AXIS: Code = code("103339001", "SCT", "Long Axis");
+/// NUM: the longest diameter perpendicular to [`LONG_AXIS`] in the same slice (mm).
+pub const SHORT_AXIS: Code = code("103340004", "SCT", "Short Axis");
+/// HAS CONCEPT MOD of a NUM: how the value was derived (TID 1419), valued [`MEAN`] / [`MAXIMUM`]
+/// (CID 3488 "Min/Max/Mean"). A [`DIAMETER`] with Derivation = Mean is the Lung-RADS mean
+/// diameter, (long + short) / 2.
+pub const DERIVATION: Code = code("121401", "DCM", "Derivation");
+pub const MEAN: Code = code("373098007", "SCT", "Mean");
+pub const MAXIMUM: Code = code("56851009", "SCT", "Maximum");
+/// NUM (HU): the region's CT number, with a [`DERIVATION`] (mean or maximum); CID 7180.
+pub const ATTENUATION_COEFFICIENT: Code = code("112031", "DCM", "Attenuation Coefficient");
+/// TEXT: the nodule type (solid, part-solid, ground-glass, calcified). PS3.16 has no concept for
+/// a nodule's attenuation class, so this is a private code (scheme `99NODULED`, PS3.16 8.2:
+/// private schemes start with 99).
+pub const NODULE_TYPE: Code = code("NT", "99NODULED", "Nodule attenuation type");
+/// TEXT: the Lung-RADS v2022 baseline category (`1`…`4B`), per finding and for the exam (under
+/// Qualitative Evaluations). Private code, as PS3.16 codes no Lung-RADS category.
+pub const LUNG_RADS_CATEGORY: Code = code("LR", "99NODULED", "Lung-RADS v2022 category");
+
 // ---------------------------------------------------------------------------------------------
 // Report-level answer (under Qualitative Evaluations)
 // ---------------------------------------------------------------------------------------------
@@ -168,6 +188,8 @@ pub const NO: Code = code("373067005", "SCT", "No");
 
 pub const UNIT_MM: Code = code("mm", "UCUM", "mm");
 pub const UNIT_MM3: Code = code("mm3", "UCUM", "mm3");
+/// Hounsfield unit (CID 7181).
+pub const UNIT_HU: Code = code("[hnsf'U]", "UCUM", "Hounsfield unit");
 /// Dimensionless (probabilities 0–1), as in CID 7181.
 pub const UNIT_ONE: Code = code("1", "UCUM", "no units");
 
@@ -211,11 +233,20 @@ pub const ALL: &[Code] = &[
     IMPRESSION,
     MALIGNANT,
     BENIGN,
+    LONG_AXIS,
+    SHORT_AXIS,
+    DERIVATION,
+    MEAN,
+    MAXIMUM,
+    ATTENUATION_COEFFICIENT,
+    NODULE_TYPE,
+    LUNG_RADS_CATEGORY,
     MALIGNANT_NEOPLASTIC_DISEASE,
     YES,
     NO,
     UNIT_MM,
     UNIT_MM3,
+    UNIT_HU,
     UNIT_ONE,
 ];
 

@@ -6,6 +6,7 @@
 
 pub mod codes;
 pub mod instance;
+pub mod keyimage;
 pub mod series;
 pub mod sr;
 

@@ -21,16 +21,21 @@
 //! │       ├ CONTAINS SCOORD Image Region (CIRCLE on the nearest slice) └ SELECTED FROM IMAGE
 //! │       ├ CONTAINS SCOORD3D Center (POINT, source Frame of Reference)
 //! │       ├ CONTAINS NUM Diameter (mm), Volume (mm3), Certainty of Finding (1), Probability of cancer (1)
-//! │       └ CONTAINS CODE Impression = Malignant | Benign
+//! │       ├ CONTAINS CODE Impression = Malignant | Benign
+//! │       ├ CONTAINS NUM Long Axis, Short Axis (mm); NUM Diameter (mm) └ Derivation = Mean;
+//! │       │          NUM Attenuation Coefficient (HU) └ Derivation = Mean | Maximum  (when measured)
+//! │       └ CONTAINS TEXT Nodule attenuation type, TEXT Lung-RADS v2022 category    (99NODULED)
 //! └ CONTAINS CONTAINER Qualitative Evaluations
-//!     └ CODE Malignant neoplastic disease = Yes | No   (the report's answer)
+//!     ├ CODE Malignant neoplastic disease = Yes | No   (the report's answer)
+//!     └ TEXT Lung-RADS v2022 category (the exam's, when categorised)
 //! ```
 //!
 //! Everything but the UIDs (fresh per run, under [`crate::uid::ROOT`]) and the clock (overridable
 //! through [`SrOptions::clock`]) is a function of the inputs. Pixel coordinates of the SCOORD
 //! follow PS3.3 C.18.6.1.2: (0,0) is the top-left corner of the top-left pixel, so voxel centre
-//! (row r, column c) is (c + 0.5, r + 0.5). The volume is π/6·d³ of the equivalent diameter, i.e.
-//! exactly the segmented voxel count × voxel volume.
+//! (row r, column c) is (c + 0.5, r + 0.5). The Volume is the measured region's
+//! ([`crate::pipeline::measure`]) when the finding is measured, else π/6·d³ of the equivalent
+//! diameter, i.e. exactly the segmented voxel count × voxel volume.
 
 use super::codes::{self, Code};
 use crate::pipeline::{Analysis, Finding, ModelIdentity};
@@ -550,18 +555,26 @@ fn root_content(
         items.push(container("CONTAINS", &codes::IMAGING_MEASUREMENTS, groups));
     }
     let malignant_present = analysis.findings.iter().any(Finding::is_malignant);
+    let mut evaluations = vec![code_value(
+        "CONTAINS",
+        &codes::MALIGNANT_NEOPLASTIC_DISEASE,
+        if malignant_present {
+            &codes::YES
+        } else {
+            &codes::NO
+        },
+    )];
+    if let Some(category) = analysis.lung_rads {
+        evaluations.push(text(
+            "CONTAINS",
+            &codes::LUNG_RADS_CATEGORY,
+            category.as_str(),
+        ));
+    }
     items.push(container(
         "CONTAINS",
         &codes::QUALITATIVE_EVALUATIONS,
-        vec![code_value(
-            "CONTAINS",
-            &codes::MALIGNANT_NEOPLASTIC_DISEASE,
-            if malignant_present {
-                &codes::YES
-            } else {
-                &codes::NO
-            },
-        )],
+        evaluations,
     ));
     Ok(items)
 }
@@ -642,8 +655,11 @@ fn measurement_group(
         what,
         value,
     };
-    let volume_mm3 = std::f64::consts::PI / 6.0 * finding.diameter_mm.powi(3);
-    let children = vec![
+    let volume_mm3 = match &finding.measurements {
+        Some(m) => m.volume_mm3,
+        None => std::f64::consts::PI / 6.0 * finding.diameter_mm.powi(3),
+    };
+    let mut children = vec![
         text(
             "HAS OBS CONTEXT",
             &codes::TRACKING_IDENTIFIER,
@@ -692,6 +708,68 @@ fn measurement_group(
             },
         ),
     ];
+    if let Some(m) = &finding.measurements {
+        let derived = |concept: &Code, value: f64, unit: &Code, how: &Code, what| {
+            let mut item = num("CONTAINS", concept, value, unit).ok_or_else(|| bad(what, value))?;
+            put_seq(
+                &mut item,
+                tags::CONTENT_SEQUENCE,
+                vec![code_value("HAS CONCEPT MOD", &codes::DERIVATION, how)],
+            );
+            Ok::<_, SrError>(item)
+        };
+        children.push(
+            num(
+                "CONTAINS",
+                &codes::LONG_AXIS,
+                m.long_axis_mm,
+                &codes::UNIT_MM,
+            )
+            .ok_or_else(|| bad("the long axis (mm)", m.long_axis_mm))?,
+        );
+        children.push(
+            num(
+                "CONTAINS",
+                &codes::SHORT_AXIS,
+                m.short_axis_mm,
+                &codes::UNIT_MM,
+            )
+            .ok_or_else(|| bad("the short axis (mm)", m.short_axis_mm))?,
+        );
+        children.push(derived(
+            &codes::DIAMETER,
+            m.mean_diameter_mm,
+            &codes::UNIT_MM,
+            &codes::MEAN,
+            "the mean diameter (mm)",
+        )?);
+        children.push(derived(
+            &codes::ATTENUATION_COEFFICIENT,
+            m.mean_hu,
+            &codes::UNIT_HU,
+            &codes::MEAN,
+            "the mean HU",
+        )?);
+        children.push(derived(
+            &codes::ATTENUATION_COEFFICIENT,
+            m.max_hu,
+            &codes::UNIT_HU,
+            &codes::MAXIMUM,
+            "the maximum HU",
+        )?);
+        children.push(text(
+            "CONTAINS",
+            &codes::NODULE_TYPE,
+            m.nodule_type.as_str(),
+        ));
+    }
+    if let Some(category) = finding.lung_rads {
+        children.push(text(
+            "CONTAINS",
+            &codes::LUNG_RADS_CATEGORY,
+            category.as_str(),
+        ));
+    }
     Ok(container("CONTAINS", &codes::MEASUREMENT_GROUP, children))
 }
 
@@ -947,7 +1025,7 @@ fn valid_tm(time: &str) -> bool {
 }
 
 /// The current UTC date and time as DICOM DA and TM (`YYYYMMDD`, `HHMMSS`).
-fn utc_now() -> (String, String) {
+pub(crate) fn utc_now() -> (String, String) {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -999,6 +1077,18 @@ pub struct SrFinding {
     pub p_malignant: f64,
     /// The Impression: Malignant (true) or Benign (false).
     pub malignant: bool,
+    /// Long and short axial axes (mm), when measured.
+    pub long_axis_mm: Option<f64>,
+    pub short_axis_mm: Option<f64>,
+    /// Lung-RADS mean diameter (mm): the Diameter with Derivation = Mean.
+    pub mean_diameter_mm: Option<f64>,
+    /// Mean and maximum HU.
+    pub mean_hu: Option<f64>,
+    pub max_hu: Option<f64>,
+    /// Nodule type text (`solid`, `part-solid`, `ground-glass`, `calcified`).
+    pub nodule_type: Option<String>,
+    /// Lung-RADS v2022 baseline category text (`2`, `4A`, ...).
+    pub lung_rads: Option<String>,
 }
 
 type Item = InMemDicomObject;
@@ -1127,7 +1217,39 @@ fn read_group(k: usize, group: &Item) -> Result<SrFinding, SrError> {
         p_nodule: number(&codes::CERTAINTY_OF_FINDING)?,
         p_malignant: number(&codes::PROBABILITY_OF_CANCER)?,
         malignant,
+        long_axis_mm: find_child(group, &codes::LONG_AXIS).and_then(numeric),
+        short_axis_mm: find_child(group, &codes::SHORT_AXIS).and_then(numeric),
+        mean_diameter_mm: derived_number(group, &codes::DIAMETER, &codes::MEAN),
+        mean_hu: derived_number(group, &codes::ATTENUATION_COEFFICIENT, &codes::MEAN),
+        max_hu: derived_number(group, &codes::ATTENUATION_COEFFICIENT, &codes::MAXIMUM),
+        nodule_type: find_child(group, &codes::NODULE_TYPE)
+            .and_then(|c| string_of(c, tags::TEXT_VALUE)),
+        lung_rads: find_child(group, &codes::LUNG_RADS_CATEGORY)
+            .and_then(|c| string_of(c, tags::TEXT_VALUE)),
     })
+}
+
+/// The value of the NUM child `concept` whose Derivation modifier is `derivation`.
+fn derived_number(group: &Item, concept: &Code, derivation: &Code) -> Option<f64> {
+    children(group)
+        .iter()
+        .filter(|c| concept_is(c, concept))
+        .find(|c| {
+            find_child(c, &codes::DERIVATION)
+                .and_then(|d| first_code(d, tags::CONCEPT_CODE_SEQUENCE))
+                .is_some_and(|(v, s)| derivation.matches(&v, &s))
+        })
+        .and_then(numeric)
+}
+
+/// The exam's Lung-RADS category text, when the report carries it.
+pub fn read_lung_rads(obj: &InMemDicomObject) -> Option<String> {
+    check_root(obj).ok()?;
+    let evaluations = find_child(obj, &codes::QUALITATIVE_EVALUATIONS)?;
+    string_of(
+        find_child(evaluations, &codes::LUNG_RADS_CATEGORY)?,
+        tags::TEXT_VALUE,
+    )
 }
 
 /// The report's answer to "malignant nodules present": `Some(true)` for Yes, `Some(false)` for No,

@@ -7,6 +7,7 @@
 //! [`load_for_role`] checks that a model's declared input fits the job it is loaded for
 //! ([`ModelRole`]), so passing the classifier as the segmentation model fails at load, not mid-run.
 
+pub mod provenance;
 pub mod tract;
 
 use ndarray::{ArrayD, ArrayViewD};

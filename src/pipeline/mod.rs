@@ -8,12 +8,18 @@
 //!
 //! Models are loaded once ([`Models::load`]) and shared by a worker pool of `threads` threads that
 //! runs slices and crops in parallel. [`PipelineOptions::exact`] asks for the book's processing with
-//! no shortcut: any future speed-up that can change candidates must be off when it is set (today
-//! there are none, so both settings give the same answer).
+//! no shortcut: any speed-up that can change candidates must be off when it is set, and the
+//! findings are the book's (every candidate with p_nodule > 0.5). Without it, [`reduce`] merges
+//! fragments, drops findings away from the lung ([`lung`]) and under the Lung-RADS size floor.
+//! Every finding is measured ([`measure`]) and categorised ([`lungrads`]) either way.
 
 pub mod classify;
 pub mod group;
+pub mod lung;
+pub mod lungrads;
 pub mod malignancy;
+pub mod measure;
+pub mod reduce;
 pub mod segment;
 
 pub use malignancy::Malignancy;
@@ -77,7 +83,7 @@ impl Stage {
     }
 }
 
-/// How to run. The default: not exact (no difference today), one worker per core.
+/// How to run. The default: not exact (false-positive reduction on), one worker per core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineOptions {
     /// The book's processing with no shortcut (see the module docs).
@@ -180,6 +186,19 @@ pub struct Finding {
     pub diameter_mm: f64,
     pub p_nodule: f64,
     pub p_malignant: f64,
+    /// Diameters, volume, HU and type from the region grown on the CT ([`measure`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurements: Option<measure::Measurements>,
+    /// Lung-RADS v2022 baseline category from type and size ([`lungrads`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_rads: Option<lungrads::LungRads>,
+    /// Other candidates merged into this finding as fragments of the same nodule ([`reduce`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_candidates: Vec<usize>,
+    /// Voxels (index, row, column) of the measured region, sorted: for key images and overlays.
+    /// Not serialised (it can be thousands of voxels).
+    #[serde(skip)]
+    pub region: Vec<[usize; 3]>,
 }
 
 impl Finding {
@@ -198,6 +217,9 @@ pub struct StageSeconds {
     pub group: f64,
     /// Nodule classification and malignancy together.
     pub classify: f64,
+    /// Lung mask, measurements and false-positive reduction ([`reduce`]).
+    #[serde(default)]
+    pub measure: f64,
     pub total: f64,
 }
 
@@ -217,6 +239,15 @@ pub struct Analysis {
     pub candidates: Vec<Candidate>,
     /// The nodules (p_nodule > 0.5), in candidate order.
     pub findings: Vec<Finding>,
+    /// Classifier nodules not reported, each with its reason ([`reduce`]; empty when exact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<reduce::Suppressed>,
+    /// Lung-RADS v2022 baseline category of the exam: its worst finding's, 1 without findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_rads: Option<lungrads::LungRads>,
+    /// Lung volume (mL) of the lung mask ([`lung`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_volume_ml: Option<f64>,
     /// Whether any finding has p_malignant > 0.5.
     pub malignant_present: bool,
     /// How many findings have p_malignant > 0.5.
@@ -316,13 +347,43 @@ impl Pipeline {
         volume: &Volume,
         progress: ProgressFn<'_>,
     ) -> Result<Analysis, PipelineError> {
+        let started = Instant::now();
+        let segmented = self.segment_and_group(volume, progress)?;
+        let mut analysis = self.analyze_segmented(volume, &segmented, progress)?;
+        analysis.seconds.total = started.elapsed().as_secs_f64();
+        Ok(analysis)
+    }
+}
+
+// ---- The pipeline in two steps (`noduled eval` caches the first, the slow one) ----
+
+/// The output of the segmentation step: the grouped components of the thresholded, eroded
+/// segmentation, before any classifier runs. It depends only on the volume, the segmentation model
+/// and the options, so it can be cached and reused with other classifiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segmented {
+    pub groups: Vec<group::Group>,
+    /// Flat indices (standard `[index, row, column]` layout) of the voxels over the segmentation
+    /// threshold: sparse, so it is cheap to keep and to cache. Measurements read it.
+    pub mask_voxels: Vec<u32>,
+    /// Seconds the segmentation took (0 when it came from a cache).
+    pub segment_s: f64,
+    /// Seconds the grouping took (likewise).
+    pub group_s: f64,
+}
+
+impl Pipeline {
+    /// Step 1 of [`Pipeline::analyze`]: segmentation and grouping.
+    pub fn segment_and_group(
+        &self,
+        volume: &Volume,
+        progress: ProgressFn<'_>,
+    ) -> Result<Segmented, PipelineError> {
         let shape = volume.shape();
         if shape.contains(&0) {
             return Err(PipelineError::EmptyVolume(shape));
         }
-        let started = Instant::now();
         let hu = volume.hu.view();
-        let geometry = &volume.geometry;
 
         let t = Instant::now();
         let probability = self
@@ -332,10 +393,49 @@ impl Pipeline {
 
         let t = Instant::now();
         progress(Stage::Group, 0, 1);
-        let groups = group::group(hu, probability.view());
+        let mask = group::threshold(probability.view());
         drop(probability);
+        let groups = group::group_mask(hu, mask.view());
+        let mask_voxels: Vec<u32> = mask
+            .iter()
+            .enumerate()
+            .filter_map(|(k, &on)| on.then_some(k as u32))
+            .collect();
+        drop(mask);
         progress(Stage::Group, 1, 1);
         let group_s = t.elapsed().as_secs_f64();
+        Ok(Segmented {
+            groups,
+            mask_voxels,
+            segment_s,
+            group_s,
+        })
+    }
+
+    /// Step 2 of [`Pipeline::analyze`]: classification and malignancy of the `segmented` groups
+    /// of `volume` (which must be the volume they were found in).
+    pub fn analyze_segmented(
+        &self,
+        volume: &Volume,
+        segmented: &Segmented,
+        progress: ProgressFn<'_>,
+    ) -> Result<Analysis, PipelineError> {
+        let shape = volume.shape();
+        if shape.contains(&0) {
+            return Err(PipelineError::EmptyVolume(shape));
+        }
+        let hu = volume.hu.view();
+        let geometry = &volume.geometry;
+        let groups = &segmented.groups;
+        let (segment_s, group_s) = (segmented.segment_s, segmented.group_s);
+        let mut mask = ndarray::Array3::from_elem(shape, false);
+        if let Some(flat) = mask.as_slice_mut() {
+            for &k in &segmented.mask_voxels {
+                if let Some(v) = flat.get_mut(k as usize) {
+                    *v = true;
+                }
+            }
+        }
 
         let t = Instant::now();
         let centers: Vec<[f64; 3]> = groups.iter().map(|g| g.center_irc).collect();
@@ -401,9 +501,57 @@ impl Pipeline {
                     diameter_mm: c.diameter_mm,
                     p_nodule: c.p_nodule,
                     p_malignant: p,
+                    measurements: None,
+                    lung_rads: None,
+                    merged_candidates: Vec::new(),
+                    region: Vec::new(),
                 }
             })
             .collect();
+        let t = Instant::now();
+        let lung = lung::LungMask::compute(volume);
+        tracing::debug!(
+            seconds = t.elapsed().as_secs_f64(),
+            lung_ml = lung.volume_ml(),
+            "lung mask"
+        );
+        let (findings, suppressed) = if self.options.exact {
+            let measured = reduce::measure_all(
+                hu,
+                geometry,
+                mask.view(),
+                &lung,
+                findings,
+                &Default::default(),
+            );
+            (
+                measured
+                    .into_iter()
+                    .map(reduce::MeasuredFinding::into_finding)
+                    .collect(),
+                Vec::new(),
+            )
+        } else {
+            let (kept, suppressed) = reduce::reduce(
+                hu,
+                geometry,
+                mask.view(),
+                &lung,
+                findings,
+                &reduce::ReduceOptions::default(),
+            );
+            let kept: Vec<Finding> = kept
+                .into_iter()
+                .map(reduce::MeasuredFinding::into_finding)
+                .collect();
+            (kept, suppressed)
+        };
+        let lung_volume_ml = Some(lung.volume_ml());
+        let measure_s = t.elapsed().as_secs_f64();
+        drop(mask);
+        let lung_rads = Some(lungrads::exam_category(
+            findings.iter().filter_map(|f| f.lung_rads),
+        ));
         let malignant_count = findings.iter().filter(|f| f.is_malignant()).count();
         Ok(Analysis {
             series_uid: volume.series.series_uid.clone(),
@@ -414,6 +562,9 @@ impl Pipeline {
             warnings: volume.series.warnings.clone(),
             candidates,
             findings,
+            suppressed,
+            lung_rads,
+            lung_volume_ml,
             malignant_present: malignant_count > 0,
             malignant_count,
             models: self.models.identities(),
@@ -425,7 +576,8 @@ impl Pipeline {
                 segment: segment_s,
                 group: group_s,
                 classify: classify_s,
-                total: started.elapsed().as_secs_f64(),
+                measure: measure_s,
+                total: segment_s + group_s + classify_s + measure_s,
             },
         })
     }

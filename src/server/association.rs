@@ -8,9 +8,9 @@
 use super::dimse::{self, command, status, Event, Message, Reassembler};
 use super::Context;
 use crate::config::AllowedPeer;
+use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::association::server::{AccessControl, Negotiation, ServerAssociationOptions};
 use dicom_ul::pdu::{AssociationRJServiceUserReason, Pdu, RequestorRoles, UserIdentity};
-use dicom_ul::association::server::AsyncServerAssociation;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +78,9 @@ impl AccessControl for PeerAccess {
         let calling = calling_ae_title.trim();
         let permitted = self.allowed.iter().any(|p| {
             p.ae_title == calling
-                && p.host.as_deref().is_none_or(|host| host_matches(host, self.peer_ip))
+                && p.host
+                    .as_deref()
+                    .is_none_or(|host| host_matches(host, self.peer_ip))
         });
         if permitted {
             Ok(())
@@ -263,7 +265,10 @@ impl Session {
             command::C_MOVE_RQ => super::retrieve::handle_move(self, message).await,
             command::C_CANCEL_RQ => Ok(()),
             other => {
-                tracing::warn!(command = format!("{other:#06x}"), "unsupported DIMSE command");
+                tracing::warn!(
+                    command = format!("{other:#06x}"),
+                    "unsupported DIMSE command"
+                );
                 let rsp = dimse::response(&message, other | 0x8000, 0x0211).encode();
                 self.send_command(message.pc_id, rsp).await
             }
@@ -280,7 +285,11 @@ impl Session {
     }
 
     /// Sends one command set.
-    pub async fn send_command(&mut self, pc_id: u8, command: Vec<u8>) -> Result<(), dimse::DimseError> {
+    pub async fn send_command(
+        &mut self,
+        pc_id: u8,
+        command: Vec<u8>,
+    ) -> Result<(), dimse::DimseError> {
         self.association
             .send(&dimse::command_pdu(pc_id, command))
             .await?;
@@ -339,8 +348,12 @@ mod tests {
             ],
             peer_ip: "10.0.0.5".parse().unwrap(),
         };
-        assert!(access.check_access("NODULED", "SCANNER", "NODULED", None).is_ok());
-        assert!(access.check_access("NODULED", "PACS", "NODULED", None).is_ok());
+        assert!(access
+            .check_access("NODULED", "SCANNER", "NODULED", None)
+            .is_ok());
+        assert!(access
+            .check_access("NODULED", "PACS", "NODULED", None)
+            .is_ok());
         assert_eq!(
             access.check_access("NODULED", "OTHER", "NODULED", None),
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)

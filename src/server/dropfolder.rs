@@ -40,12 +40,18 @@ pub async fn run(context: Arc<Context>) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
         let mut present = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            if !meta.is_file()
+                || path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 continue;
             }
             present.push(path.clone());
@@ -73,7 +79,9 @@ async fn ingest(context: &Context, path: &Path, rejected: &Path) {
             Err(e) => Err(e),
             Ok((ts, start)) => match store_scp::validate(bytes[start..].to_vec(), &ts, "", "") {
                 Err(refused) => Err(refused.reason),
-                Ok(incoming) => store_scp::store(context, incoming).await.map_err(|r| r.reason),
+                Ok(incoming) => store_scp::store(context, incoming)
+                    .await
+                    .map_err(|r| r.reason),
             },
         },
     };
@@ -84,7 +92,10 @@ async fn ingest(context: &Context, path: &Path, rejected: &Path) {
         }
         Err(reason) => {
             context.metrics.instance("refused");
-            let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
             tracing::warn!(file = ?name, reason = %reason, "drop-folder file refused");
             let target = rejected.join(&name);
             let _ = std::fs::rename(path, &target);
@@ -100,5 +111,8 @@ fn parse(bytes: &[u8]) -> Result<(String, usize), String> {
     let start = super::scu::dataset_offset(bytes).ok_or("not a DICOM Part 10 file")?;
     let meta = dicom_object::FileMetaTable::from_reader(&bytes[128..start])
         .map_err(|e| format!("bad file meta group: {}", super::one_line(&e.to_string())))?;
-    Ok((meta.transfer_syntax().trim_end_matches('\0').to_string(), start))
+    Ok((
+        meta.transfer_syntax().trim_end_matches('\0').to_string(),
+        start,
+    ))
 }

@@ -11,11 +11,16 @@ use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub async fn start(context: Arc<Context>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
+pub async fn start(
+    context: Arc<Context>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
     let address = context.config.server.http.clone();
     let listener = tokio::net::TcpListener::bind(&address)
         .await
-        .map_err(|error| ServerError::Bind { address: address.clone(), error })?;
+        .map_err(|error| ServerError::Bind {
+            address: address.clone(),
+            error,
+        })?;
     let local = listener
         .local_addr()
         .map_err(|error| ServerError::Bind { address, error })?;
@@ -52,7 +57,10 @@ async fn metrics(State(context): State<Arc<Context>>) -> impl IntoResponse {
         .and_then(Result::ok)
         .unwrap_or_default();
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         context.metrics.render(&counts),
     )
 }
@@ -67,15 +75,16 @@ pub struct Status {
 
 async fn status(State(context): State<Arc<Context>>) -> Result<Json<Status>, (StatusCode, String)> {
     let ctx = context.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Status, crate::store::StoreError> {
-        Ok(Status {
-            counts: ctx.store.counts()?,
-            series: ctx.store.all_series()?,
-            jobs: ctx.store.all_jobs()?,
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<Status, crate::store::StoreError> {
+            Ok(Status {
+                counts: ctx.store.counts()?,
+                series: ctx.store.all_series()?,
+                jobs: ctx.store.all_jobs()?,
+            })
         })
-    })
-    .await
-    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     result
         .map(Json)
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))

@@ -45,13 +45,18 @@ pub async fn run(listener: TcpListener, context: Arc<Context>) {
     drop(listener);
     let grace = Duration::from_secs_f64(context.config.server.shutdown_grace_seconds);
     if !open.is_empty() {
-        tracing::info!(open = open.len(), grace_seconds = grace.as_secs_f64(), "waiting for open associations");
-        let drained = tokio::time::timeout(grace, async {
-            while open.join_next().await.is_some() {}
-        })
-        .await;
+        tracing::info!(
+            open = open.len(),
+            grace_seconds = grace.as_secs_f64(),
+            "waiting for open associations"
+        );
+        let drained =
+            tokio::time::timeout(grace, async { while open.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(aborted = open.len(), "grace period over: aborting open associations");
+            tracing::warn!(
+                aborted = open.len(),
+                "grace period over: aborting open associations"
+            );
             open.abort_all();
             while open.join_next().await.is_some() {}
         }

@@ -57,11 +57,27 @@ impl Metrics {
         let stored = Gauge::default();
         let series_state = Family::<Labels, Gauge>::default();
         let job_state = Family::<Labels, Gauge>::default();
-        registry.register("associations", "Associations by result (accepted, rejected, refused_limit)", associations.clone());
+        registry.register(
+            "associations",
+            "Associations by result (accepted, rejected, refused_limit)",
+            associations.clone(),
+        );
         registry.register("associations_open", "Associations open now", open.clone());
-        registry.register("instances_received", "C-STORE and drop-folder instances by outcome", instances.clone());
-        registry.register("jobs", "Analysis job events (queued, done, refused, failed)", jobs.clone());
-        registry.register("stage_seconds", "Seconds per analysis stage", stages.clone());
+        registry.register(
+            "instances_received",
+            "C-STORE and drop-folder instances by outcome",
+            instances.clone(),
+        );
+        registry.register(
+            "jobs",
+            "Analysis job events (queued, done, refused, failed)",
+            jobs.clone(),
+        );
+        registry.register(
+            "stage_seconds",
+            "Seconds per analysis stage",
+            stages.clone(),
+        );
         registry.register("instances_stored", "Instances in the store", stored.clone());
         registry.register("series", "Series by state", series_state.clone());
         registry.register("jobs_by_state", "Analysis jobs by state", job_state.clone());
@@ -79,7 +95,9 @@ impl Metrics {
     }
 
     pub fn association(&self, result: &str) {
-        self.associations.get_or_create(&label("result", result)).inc();
+        self.associations
+            .get_or_create(&label("result", result))
+            .inc();
     }
 
     pub fn open_association(&self) -> OpenGuard {
@@ -88,7 +106,9 @@ impl Metrics {
     }
 
     pub fn instance(&self, outcome: &str) {
-        self.instances.get_or_create(&label("outcome", outcome)).inc();
+        self.instances
+            .get_or_create(&label("outcome", outcome))
+            .inc();
     }
 
     pub fn job(&self, event: &str) {
@@ -103,7 +123,9 @@ impl Metrics {
             ("classify", seconds.classify),
             ("total", seconds.total),
         ] {
-            self.stages.get_or_create(&label("stage", stage)).observe(value);
+            self.stages
+                .get_or_create(&label("stage", stage))
+                .observe(value);
         }
     }
 
@@ -112,11 +134,15 @@ impl Metrics {
         self.stored.set(counts.instances as i64);
         for state in ["receiving", "queued", "analysed", "refused", "report"] {
             let n = counts.series_by_state.get(state).copied().unwrap_or(0);
-            self.series_state.get_or_create(&label("state", state)).set(n as i64);
+            self.series_state
+                .get_or_create(&label("state", state))
+                .set(n as i64);
         }
         for state in ["queued", "running", "done", "failed"] {
             let n = counts.jobs_by_state.get(state).copied().unwrap_or(0);
-            self.job_state.get_or_create(&label("state", state)).set(n as i64);
+            self.job_state
+                .get_or_create(&label("state", state))
+                .set(n as i64);
         }
         let mut out = String::new();
         if let Ok(registry) = self.registry.lock() {

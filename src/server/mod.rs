@@ -113,7 +113,10 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts every part of the service on the current tokio runtime. Binds before returning, so
     /// a caller may connect as soon as this returns.
-    pub async fn start(config: Config, pipeline: Arc<Pipeline>) -> Result<RunningServer, ServerError> {
+    pub async fn start(
+        config: Config,
+        pipeline: Arc<Pipeline>,
+    ) -> Result<RunningServer, ServerError> {
         let server = &config.server;
         let store_dir = server.state_dir.clone();
         let min_free = server.min_free_disk_mb;
@@ -122,7 +125,10 @@ impl RunningServer {
             .map_err(|e| ServerError::Setup(e.to_string()))??;
         let requeued = store.requeue_interrupted()?;
         if requeued > 0 {
-            tracing::info!(requeued, "analysis jobs interrupted by the last stop are queued again");
+            tracing::info!(
+                requeued,
+                "analysis jobs interrupted by the last stop are queued again"
+            );
         }
         let address = format!("{}:{}", server.bind, server.port);
         let listener = tokio::net::TcpListener::bind(&address)

@@ -77,8 +77,9 @@ impl Query {
 
     pub fn from_object(obj: &InMemDicomObject) -> Result<Query, String> {
         let level_text = dimse::str_of(obj, tags::QUERY_RETRIEVE_LEVEL);
-        let level = Level::parse(&level_text)
-            .ok_or_else(|| format!("QueryRetrieveLevel {level_text:?} is not PATIENT, STUDY, SERIES or IMAGE"))?;
+        let level = Level::parse(&level_text).ok_or_else(|| {
+            format!("QueryRetrieveLevel {level_text:?} is not PATIENT, STUDY, SERIES or IMAGE")
+        })?;
         let mut keys = Vec::new();
         for element in obj.iter() {
             let tag = element.tag();
@@ -170,25 +171,47 @@ pub fn entities(level: Level, instances: &[InstanceRecord]) -> Vec<Entity> {
         .into_values()
         .map(|members| {
             let mut entity: Entity = members[0].keys.0.clone();
-            let count = |tag| members.iter().map(move |m: &&InstanceRecord| m.keys.get(tag).to_string());
+            let count = |tag| {
+                members
+                    .iter()
+                    .map(move |m: &&InstanceRecord| m.keys.get(tag).to_string())
+            };
             match level {
                 Level::Patient => {
-                    let studies: std::collections::BTreeSet<_> = count(tags::STUDY_INSTANCE_UID).collect();
-                    entity.insert(tag_key(tags::NUMBER_OF_PATIENT_RELATED_STUDIES), studies.len().to_string());
-                    entity.insert(tag_key(tags::NUMBER_OF_PATIENT_RELATED_INSTANCES), members.len().to_string());
+                    let studies: std::collections::BTreeSet<_> =
+                        count(tags::STUDY_INSTANCE_UID).collect();
+                    entity.insert(
+                        tag_key(tags::NUMBER_OF_PATIENT_RELATED_STUDIES),
+                        studies.len().to_string(),
+                    );
+                    entity.insert(
+                        tag_key(tags::NUMBER_OF_PATIENT_RELATED_INSTANCES),
+                        members.len().to_string(),
+                    );
                 }
                 Level::Study => {
-                    let series: std::collections::BTreeSet<_> = count(tags::SERIES_INSTANCE_UID).collect();
-                    let modalities: std::collections::BTreeSet<_> = count(tags::MODALITY).filter(|m| !m.is_empty()).collect();
-                    entity.insert(tag_key(tags::NUMBER_OF_STUDY_RELATED_SERIES), series.len().to_string());
-                    entity.insert(tag_key(tags::NUMBER_OF_STUDY_RELATED_INSTANCES), members.len().to_string());
+                    let series: std::collections::BTreeSet<_> =
+                        count(tags::SERIES_INSTANCE_UID).collect();
+                    let modalities: std::collections::BTreeSet<_> =
+                        count(tags::MODALITY).filter(|m| !m.is_empty()).collect();
+                    entity.insert(
+                        tag_key(tags::NUMBER_OF_STUDY_RELATED_SERIES),
+                        series.len().to_string(),
+                    );
+                    entity.insert(
+                        tag_key(tags::NUMBER_OF_STUDY_RELATED_INSTANCES),
+                        members.len().to_string(),
+                    );
                     entity.insert(
                         tag_key(tags::MODALITIES_IN_STUDY),
                         modalities.into_iter().collect::<Vec<_>>().join("\\"),
                     );
                 }
                 Level::Series => {
-                    entity.insert(tag_key(tags::NUMBER_OF_SERIES_RELATED_INSTANCES), members.len().to_string());
+                    entity.insert(
+                        tag_key(tags::NUMBER_OF_SERIES_RELATED_INSTANCES),
+                        members.len().to_string(),
+                    );
                 }
                 Level::Image => {}
             }
@@ -200,7 +223,10 @@ pub fn entities(level: Level, instances: &[InstanceRecord]) -> Vec<Entity> {
 /// Whether an entity matches every key of the query.
 pub fn entity_matches(query: &Query, entity: &Entity) -> bool {
     query.keys.iter().all(|key| {
-        let value = entity.get(&tag_key(key.tag)).map(String::as_str).unwrap_or("");
+        let value = entity
+            .get(&tag_key(key.tag))
+            .map(String::as_str)
+            .unwrap_or("");
         if key.tag == tags::MODALITIES_IN_STUDY && !key.value.is_empty() {
             return value.split('\\').any(|m| matches(VR::CS, &key.value, m));
         }
@@ -229,8 +255,22 @@ pub fn matching_instances(query: &Query, instances: &[InstanceRecord]) -> Vec<In
 fn is_text_vr(vr: VR) -> bool {
     matches!(
         vr,
-        VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::LT | VR::PN
-            | VR::SH | VR::ST | VR::TM | VR::UI | VR::UT | VR::UC
+        VR::AE
+            | VR::AS
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::ST
+            | VR::TM
+            | VR::UI
+            | VR::UT
+            | VR::UC
     )
 }
 
@@ -243,12 +283,24 @@ pub fn response_identifier(query: &Query, entity: &Entity, retrieve_ae: &str) ->
         Level::Series => "SERIES",
         Level::Image => "IMAGE",
     };
-    obj.put(DataElement::new(tags::QUERY_RETRIEVE_LEVEL, VR::CS, PrimitiveValue::from(level)));
-    obj.put(DataElement::new(tags::RETRIEVE_AE_TITLE, VR::AE, PrimitiveValue::from(retrieve_ae)));
+    obj.put(DataElement::new(
+        tags::QUERY_RETRIEVE_LEVEL,
+        VR::CS,
+        PrimitiveValue::from(level),
+    ));
+    obj.put(DataElement::new(
+        tags::RETRIEVE_AE_TITLE,
+        VR::AE,
+        PrimitiveValue::from(retrieve_ae),
+    ));
     for key in &query.keys {
         let value = entity.get(&tag_key(key.tag)).cloned().unwrap_or_default();
         if is_text_vr(key.vr) {
-            obj.put(DataElement::new(key.tag, key.vr, PrimitiveValue::from(value)));
+            obj.put(DataElement::new(
+                key.tag,
+                key.vr,
+                PrimitiveValue::from(value),
+            ));
         } else {
             obj.put(DataElement::new(key.tag, key.vr, PrimitiveValue::Empty));
         }
@@ -269,7 +321,10 @@ pub async fn handle(session: &mut Session, message: Message) -> Result<(), Dimse
         Err(reason) => {
             tracing::warn!(reason = %reason, "C-FIND refused");
             let rsp = dimse::response(&message, command::C_FIND_RSP, status::IDENTIFIER_MISMATCH)
-                .lo(tags::ERROR_COMMENT, &reason.chars().take(64).collect::<String>())
+                .lo(
+                    tags::ERROR_COMMENT,
+                    &reason.chars().take(64).collect::<String>(),
+                )
                 .encode();
             return session.send_command(pc_id, rsp).await;
         }
@@ -282,7 +337,8 @@ pub async fn handle(session: &mut Session, message: Message) -> Result<(), Dimse
         Ok(list) => list,
         Err(e) => {
             tracing::error!(error = %e, "C-FIND: reading the index failed");
-            let rsp = dimse::response(&message, command::C_FIND_RSP, status::UNABLE_TO_PROCESS).encode();
+            let rsp =
+                dimse::response(&message, command::C_FIND_RSP, status::UNABLE_TO_PROCESS).encode();
             return session.send_command(pc_id, rsp).await;
         }
     };
@@ -362,8 +418,16 @@ mod tests {
         let query = Query {
             level: Level::Series,
             keys: vec![
-                QueryKey { tag: tags::MODALITY, vr: VR::CS, value: "SR".into() },
-                QueryKey { tag: tags::SERIES_INSTANCE_UID, vr: VR::UI, value: String::new() },
+                QueryKey {
+                    tag: tags::MODALITY,
+                    vr: VR::CS,
+                    value: "SR".into(),
+                },
+                QueryKey {
+                    tag: tags::SERIES_INSTANCE_UID,
+                    vr: VR::UI,
+                    value: String::new(),
+                },
             ],
         };
         let found: Vec<Entity> = entities(query.level, &records)
@@ -373,11 +437,18 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0][&tag_key(tags::SERIES_INSTANCE_UID)], "1.1.2");
         let studies = entities(Level::Study, &records);
-        assert_eq!(studies[0][&tag_key(tags::NUMBER_OF_STUDY_RELATED_SERIES)], "2");
+        assert_eq!(
+            studies[0][&tag_key(tags::NUMBER_OF_STUDY_RELATED_SERIES)],
+            "2"
+        );
         assert_eq!(studies[0][&tag_key(tags::MODALITIES_IN_STUDY)], "CT\\SR");
         let get = Query {
             level: Level::Series,
-            keys: vec![QueryKey { tag: tags::SERIES_INSTANCE_UID, vr: VR::UI, value: "1.1.1".into() }],
+            keys: vec![QueryKey {
+                tag: tags::SERIES_INSTANCE_UID,
+                vr: VR::UI,
+                value: "1.1.1".into(),
+            }],
         };
         assert_eq!(matching_instances(&get, &records).len(), 2);
     }

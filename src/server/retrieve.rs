@@ -21,7 +21,11 @@ fn final_status(counts: &Counts) -> u16 {
     }
 }
 
-fn with_counts(builder: dimse::CommandBuilder, remaining: u16, counts: &Counts) -> dimse::CommandBuilder {
+fn with_counts(
+    builder: dimse::CommandBuilder,
+    remaining: u16,
+    counts: &Counts,
+) -> dimse::CommandBuilder {
     builder
         .us(tags::NUMBER_OF_REMAINING_SUBOPERATIONS, remaining)
         .us(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, counts.completed)
@@ -95,20 +99,35 @@ pub async fn handle_get(session: &mut Session, message: Message) -> Result<(), D
             }
         };
         let id = (index % 0xFFFF) as u16 + 1;
-        session.send_command(pc_id, scu::store_request(id, &item, None)).await?;
+        session
+            .send_command(pc_id, scu::store_request(id, &item, None))
+            .await?;
         session.send_dataset(pc_id, &data).await?;
         let rsp = session.next_message().await?;
         if rsp.command_field() == command::C_CANCEL_RQ {
             break;
         }
-        scu::tally(&mut counts, dimse::u16_of(&rsp.command, tags::STATUS).unwrap_or(0xC000));
+        scu::tally(
+            &mut counts,
+            dimse::u16_of(&rsp.command, tags::STATUS).unwrap_or(0xC000),
+        );
         let remaining = total.saturating_sub(index as u16 + 1);
         if remaining > 0 {
-            let pending = with_counts(dimse::response(&message, command::C_GET_RSP, status::PENDING), remaining, &counts).encode();
+            let pending = with_counts(
+                dimse::response(&message, command::C_GET_RSP, status::PENDING),
+                remaining,
+                &counts,
+            )
+            .encode();
             session.send_command(message.pc_id, pending).await?;
         }
     }
-    let rsp = with_counts(dimse::response(&message, command::C_GET_RSP, final_status(&counts)), 0, &counts).encode();
+    let rsp = with_counts(
+        dimse::response(&message, command::C_GET_RSP, final_status(&counts)),
+        0,
+        &counts,
+    )
+    .encode();
     session.send_command(message.pc_id, rsp).await
 }
 
@@ -117,7 +136,12 @@ pub async fn handle_move(session: &mut Session, message: Message) -> Result<(), 
     let destination_ae = dimse::str_of(&message.command, tags::MOVE_DESTINATION);
     let Some(destination) = session.context.destination(destination_ae.trim()).cloned() else {
         tracing::warn!(destination = %destination_ae, "C-MOVE to an AE not in server.destinations");
-        let rsp = dimse::response(&message, command::C_MOVE_RSP, status::MOVE_DESTINATION_UNKNOWN).encode();
+        let rsp = dimse::response(
+            &message,
+            command::C_MOVE_RSP,
+            status::MOVE_DESTINATION_UNKNOWN,
+        )
+        .encode();
         return session.send_command(message.pc_id, rsp).await;
     };
     let Some(instances) = select(session, &message, command::C_MOVE_RSP).await? else {
@@ -130,15 +154,34 @@ pub async fn handle_move(session: &mut Session, message: Message) -> Result<(), 
         let timeout = Duration::from_secs_f64(session.context.config.server.dimse_timeout_seconds);
         let our_ae = session.context.config.server.ae_title.clone();
         let peer_ae = session.peer_ae.clone();
-        let items: Vec<scu::Outgoing> = instances.iter().map(|r| scu::Outgoing::from_record(&session.context.store, r)).collect();
-        match scu::send(&our_ae, &destination, &items, Some((&peer_ae, message.message_id())), timeout).await {
+        let items: Vec<scu::Outgoing> = instances
+            .iter()
+            .map(|r| scu::Outgoing::from_record(&session.context.store, r))
+            .collect();
+        match scu::send(
+            &our_ae,
+            &destination,
+            &items,
+            Some((&peer_ae, message.message_id())),
+            timeout,
+        )
+        .await
+        {
             Ok(counts) => counts,
             Err(e) => {
                 tracing::warn!(error = %e, "C-MOVE sub-operations failed");
-                Counts { failed: instances.len() as u16, ..Counts::default() }
+                Counts {
+                    failed: instances.len() as u16,
+                    ..Counts::default()
+                }
             }
         }
     };
-    let rsp = with_counts(dimse::response(&message, command::C_MOVE_RSP, final_status(&counts)), 0, &counts).encode();
+    let rsp = with_counts(
+        dimse::response(&message, command::C_MOVE_RSP, final_status(&counts)),
+        0,
+        &counts,
+    )
+    .encode();
     session.send_command(message.pc_id, rsp).await
 }

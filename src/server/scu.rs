@@ -52,7 +52,8 @@ impl Outgoing {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut reader = std::io::BufReader::new(file);
         let mut preamble = [0u8; 128];
-        std::io::Read::read_exact(&mut reader, &mut preamble).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::Read::read_exact(&mut reader, &mut preamble)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let meta = dicom_object::FileMetaTable::from_reader(reader)
             .map_err(|e| format!("{}: {}", path.display(), super::one_line(&e.to_string())))?;
         let trim = |s: &str| s.trim_end_matches('\0').to_string();
@@ -78,8 +79,12 @@ pub fn dataset_in(item: &Outgoing, target_ts: &str) -> Result<Vec<u8>, String> {
     if !(uncompressed(stored_ts) && uncompressed(target_ts)) {
         return Err(format!("cannot convert {stored_ts} to {target_ts}"));
     }
-    let from = TransferSyntaxRegistry.get(stored_ts).ok_or("unknown stored syntax")?;
-    let to = TransferSyntaxRegistry.get(target_ts).ok_or("unknown target syntax")?;
+    let from = TransferSyntaxRegistry
+        .get(stored_ts)
+        .ok_or("unknown stored syntax")?;
+    let to = TransferSyntaxRegistry
+        .get(target_ts)
+        .ok_or("unknown target syntax")?;
     let obj = InMemDicomObject::read_dataset_with_ts(&bytes[start..], from)
         .map_err(|e| super::one_line(&e.to_string()))?;
     let mut out = Vec::with_capacity(bytes.len());
@@ -172,18 +177,37 @@ pub async fn send(
     let mut association = options
         .establish_async(address.as_str())
         .await
-        .map_err(|e| format!("association with {} failed: {}", destination.ae_title, super::one_line(&e.to_string())))?;
+        .map_err(|e| {
+            format!(
+                "association with {} failed: {}",
+                destination.ae_title,
+                super::one_line(&e.to_string())
+            )
+        })?;
     let _ = association.inner_stream().set_nodelay(true);
     let accepted: Vec<(u8, String, String)> = association
         .presentation_contexts()
         .iter()
         .filter(|pc| pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
-        .map(|pc| (pc.id, pc.abstract_syntax.trim_end_matches('\0').to_string(), pc.transfer_syntax.trim_end_matches('\0').to_string()))
+        .map(|pc| {
+            (
+                pc.id,
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
         .collect();
-    let reassembler = Reassembler { limit: 1 << 20, idle: timeout, dimse: timeout };
+    let reassembler = Reassembler {
+        limit: 1 << 20,
+        idle: timeout,
+        dimse: timeout,
+    };
     let mut counts = Counts::default();
     for (index, record) in instances.iter().enumerate() {
-        let Some((pc_id, _, ts)) = accepted.iter().find(|(_, class, ts)| *class == record.sop_class_uid && (*ts == record.transfer_syntax || *ts == EXPLICIT_LE || *ts == IMPLICIT_LE)) else {
+        let Some((pc_id, _, ts)) = accepted.iter().find(|(_, class, ts)| {
+            *class == record.sop_class_uid
+                && (*ts == record.transfer_syntax || *ts == EXPLICIT_LE || *ts == IMPLICIT_LE)
+        }) else {
             counts.failed += 1;
             continue;
         };
@@ -197,7 +221,10 @@ pub async fn send(
         };
         let id = (index % 0xFFFF) as u16 + 1;
         association
-            .send(&dimse::command_pdu(*pc_id, store_request(id, record, move_originator)))
+            .send(&dimse::command_pdu(
+                *pc_id,
+                store_request(id, record, move_originator),
+            ))
             .await
             .map_err(|e| super::one_line(&e.to_string()))?;
         {
@@ -206,7 +233,11 @@ pub async fn send(
             writer.write_all(&data).await.map_err(|e| e.to_string())?;
             writer.finish().await.map_err(|e| e.to_string())?;
         }
-        match reassembler.next(&mut association).await.map_err(|e| e.to_string())? {
+        match reassembler
+            .next(&mut association)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Event::Message(rsp) => {
                 let code = dimse::u16_of(&rsp.command, tags::STATUS).unwrap_or(0xC000);
                 tally(&mut counts, code);

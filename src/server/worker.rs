@@ -42,7 +42,10 @@ impl JobSignal {
 }
 
 /// Starts `server.workers` threads.
-pub fn start(context: Arc<Context>, runtime: tokio::runtime::Handle) -> Vec<std::thread::JoinHandle<()>> {
+pub fn start(
+    context: Arc<Context>,
+    runtime: tokio::runtime::Handle,
+) -> Vec<std::thread::JoinHandle<()>> {
     (0..context.config.server.workers.max(1))
         .filter_map(|i| {
             let context = context.clone();
@@ -89,7 +92,11 @@ fn run(context: Arc<Context>, runtime: tokio::runtime::Handle) {
 
 /// Runs one job to its recorded end. `Err` is an unexpected failure (recorded by the caller);
 /// a series the input rules refuse is a normal, recorded outcome.
-fn run_job(context: &Context, job: &JobRecord, runtime: &tokio::runtime::Handle) -> Result<(), String> {
+fn run_job(
+    context: &Context,
+    job: &JobRecord,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), String> {
     let store = &context.store;
     let uid = job.series_uid.as_str();
     let dir = store.series_dir(uid);
@@ -139,9 +146,13 @@ fn run_job(context: &Context, job: &JobRecord, runtime: &tokio::runtime::Handle)
         .write_dataset_with_ts(&mut dataset, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|e| super::one_line(&e.to_string()))?;
     let keys = keys_of_dataset(&report);
-    let sr_uid = keys.get(dicom_dictionary_std::tags::SOP_INSTANCE_UID).to_string();
+    let sr_uid = keys
+        .get(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+        .to_string();
     let incoming = IncomingInstance {
-        sop_class_uid: keys.get(dicom_dictionary_std::tags::SOP_CLASS_UID).to_string(),
+        sop_class_uid: keys
+            .get(dicom_dictionary_std::tags::SOP_CLASS_UID)
+            .to_string(),
         sop_instance_uid: sr_uid.clone(),
         transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.uid().to_string(),
         keys,

@@ -17,8 +17,8 @@ pub use records::{
     InstanceKind, InstanceRecord, JobRecord, JobState, QueryKeys, SeriesRecord, SeriesState,
 };
 
-use sled::Transactional;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject};
+use sled::Transactional;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
@@ -379,8 +379,14 @@ impl Store {
                 finished_unix: None,
                 error: None,
             };
-            series.insert(series_uid.as_bytes(), serde_json::to_vec(&record).unwrap_or_default())?;
-            jobs.insert(series_uid.as_bytes(), serde_json::to_vec(&job).unwrap_or_default())?;
+            series.insert(
+                series_uid.as_bytes(),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            )?;
+            jobs.insert(
+                series_uid.as_bytes(),
+                serde_json::to_vec(&job).unwrap_or_default(),
+            )?;
             Ok(true)
         })?;
         if queued {
@@ -418,17 +424,18 @@ impl Store {
         queued.sort_by(|a, b| a.queued_unix.total_cmp(&b.queued_unix));
         for job in queued {
             let mut claimed = None;
-            self.jobs.fetch_and_update(job.series_uid.as_bytes(), |old| {
-                let old = old?;
-                let mut record: JobRecord = serde_json::from_slice(old).ok()?;
-                if record.state != JobState::Queued {
-                    return Some(old.to_vec());
-                }
-                record.state = JobState::Running;
-                record.attempts += 1;
-                claimed = Some(record.clone());
-                serde_json::to_vec(&record).ok()
-            })?;
+            self.jobs
+                .fetch_and_update(job.series_uid.as_bytes(), |old| {
+                    let old = old?;
+                    let mut record: JobRecord = serde_json::from_slice(old).ok()?;
+                    if record.state != JobState::Queued {
+                        return Some(old.to_vec());
+                    }
+                    record.state = JobState::Running;
+                    record.attempts += 1;
+                    claimed = Some(record.clone());
+                    serde_json::to_vec(&record).ok()
+                })?;
             if let Some(record) = claimed {
                 self.db.flush()?;
                 return Ok(Some(record));

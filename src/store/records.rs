@@ -95,8 +95,8 @@ impl InstanceKind {
     /// SR and Secondary Capture are reports; everything else is a source image.
     pub fn of_sop_class(sop_class_uid: &str) -> InstanceKind {
         let uid = sop_class_uid.trim_end_matches('\0');
-        let secondary_capture = uid == "1.2.840.10008.5.1.4.1.1.7"
-            || uid.starts_with("1.2.840.10008.5.1.4.1.1.7.");
+        let secondary_capture =
+            uid == "1.2.840.10008.5.1.4.1.1.7" || uid.starts_with("1.2.840.10008.5.1.4.1.1.7.");
         if uid.starts_with("1.2.840.10008.5.1.4.1.1.88.") || secondary_capture {
             InstanceKind::Report
         } else {

@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 
 fn incoming(instance: u8, series: u8) -> IncomingInstance {
     let mut keys = QueryKeys::default();
-    keys.set(dicom_dictionary_std::tags::SERIES_INSTANCE_UID, format!("1.2.3.{series}"));
+    keys.set(
+        dicom_dictionary_std::tags::SERIES_INSTANCE_UID,
+        format!("1.2.3.{series}"),
+    );
     keys.set(dicom_dictionary_std::tags::STUDY_INSTANCE_UID, "1.2.3");
     keys.set(dicom_dictionary_std::tags::MODALITY, "CT");
     IncomingInstance {
@@ -101,7 +104,10 @@ fn unindexed_spool_file_is_recovered_at_open() {
     let mut dataset = Vec::new();
     let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
     obj.write_dataset_with_ts(&mut dataset, &ts).unwrap();
-    let one = IncomingInstance { dataset, ..incoming(1, 0) };
+    let one = IncomingInstance {
+        dataset,
+        ..incoming(1, 0)
+    };
     // A crash after the file was written but before it was indexed:
     let path = store.series_dir("1.2.3.0").join("1.2.3.0.1.dcm");
     write_part10(&path, &one).unwrap();
@@ -111,7 +117,10 @@ fn unindexed_spool_file_is_recovered_at_open() {
     assert_eq!(record.keys.series_uid(), "1.2.3.0");
     assert_eq!(store.series("1.2.3.0").unwrap().unwrap().instance_count, 1);
     // Resending it is recognised as a duplicate.
-    assert_eq!(store.put_instance(incoming(1, 0)).unwrap(), PutOutcome::Duplicate);
+    assert_eq!(
+        store.put_instance(incoming(1, 0)).unwrap(),
+        PutOutcome::Duplicate
+    );
 }
 
 #[test]
@@ -130,7 +139,10 @@ fn queue_claim_and_requeue() {
     store.put_instance(incoming(1, 0)).unwrap();
     let series = store.series("1.2.3.0").unwrap().unwrap();
     assert!(store.queue_job("1.2.3.0", series.generation).unwrap());
-    assert!(!store.queue_job("1.2.3.0", series.generation).unwrap(), "queued twice");
+    assert!(
+        !store.queue_job("1.2.3.0", series.generation).unwrap(),
+        "queued twice"
+    );
     let job = store.claim_job().unwrap().unwrap();
     assert_eq!(job.state, JobState::Running);
     assert!(store.claim_job().unwrap().is_none());

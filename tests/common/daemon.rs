@@ -95,7 +95,11 @@ impl Daemon {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("noduled exited with {status}: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "noduled did not start: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "noduled did not start: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -115,7 +119,10 @@ impl Daemon {
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         child.wait().expect("noduled exits")
     }
 
@@ -186,7 +193,12 @@ impl Drop for Daemon {
 }
 
 /// A small phantom series on disk: (series UID, study UID, files).
-pub fn phantom_series(dir: &Path, seed: u64, slices: usize, size: usize) -> (String, String, Vec<PathBuf>) {
+pub fn phantom_series(
+    dir: &Path,
+    seed: u64,
+    slices: usize,
+    size: usize,
+) -> (String, String, Vec<PathBuf>) {
     let spec = noduled::phantom::PhantomSpec {
         seed,
         slices,
