@@ -743,12 +743,26 @@ fn bad_series_are_refused_with_recorded_reasons() {
         );
     }
     // Patient data stays out of the log (info level): names and IDs never, UIDs yes.
-    let phantom_slice = open(&std::fs::read_dir(d.join("gap")).unwrap().flatten().next().unwrap().path());
+    let phantom_slice = open(
+        &std::fs::read_dir(d.join("gap"))
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path(),
+    );
     let log = daemon.log_text();
-    for tag in [tags::PATIENT_NAME, tags::PATIENT_ID, tags::PATIENT_BIRTH_DATE] {
+    for tag in [
+        tags::PATIENT_NAME,
+        tags::PATIENT_ID,
+        tags::PATIENT_BIRTH_DATE,
+    ] {
         let value = text(&phantom_slice, tag);
         if value.len() >= 4 {
-            assert!(!log.contains(&value), "{tag} value {value:?} appears in the log");
+            assert!(
+                !log.contains(&value),
+                "{tag} value {value:?} appears in the log"
+            );
         }
     }
     let cap = &cases.last().unwrap().1;

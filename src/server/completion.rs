@@ -68,10 +68,11 @@ fn check(context: &Context) -> Result<(), crate::store::StoreError> {
                     context.jobs_ready.wake_all();
                 }
             }
-            SeriesState::Analysed | SeriesState::Refused if server.retention_days > 0.0 => {
-                if now - series.last_received_unix > server.retention_days * 86400.0 {
-                    expire_images(context, &series.series_uid)?;
-                }
+            SeriesState::Analysed | SeriesState::Refused
+                if server.retention_days > 0.0
+                    && now - series.last_received_unix > server.retention_days * 86400.0 =>
+            {
+                expire_images(context, &series.series_uid)?;
             }
             _ => {}
         }
