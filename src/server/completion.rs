@@ -37,9 +37,15 @@ fn check(context: &Context) -> Result<(), crate::store::StoreError> {
                 {
                     continue;
                 }
-                if series.instance_count > server.max_series_instances {
+                // C-STORE stops at the cap and records why (so the count never exceeds it):
+                // a capped series is refused as a whole, never analysed on its first slices.
+                let capped = series
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("series-too-large"));
+                if capped || series.instance_count > server.max_series_instances {
                     let reason = format!(
-                        "series-too-large: {} instances, more than {}",
+                        "series-too-large: {} instances stored, more than {} sent",
                         series.instance_count, server.max_series_instances
                     );
                     tracing::warn!(series_uid = %series.series_uid, reason = %reason, "series refused");
@@ -62,10 +68,11 @@ fn check(context: &Context) -> Result<(), crate::store::StoreError> {
                     context.jobs_ready.wake_all();
                 }
             }
-            SeriesState::Analysed | SeriesState::Refused if server.retention_days > 0.0 => {
-                if now - series.last_received_unix > server.retention_days * 86400.0 {
-                    expire_images(context, &series.series_uid)?;
-                }
+            SeriesState::Analysed | SeriesState::Refused
+                if server.retention_days > 0.0
+                    && now - series.last_received_unix > server.retention_days * 86400.0 =>
+            {
+                expire_images(context, &series.series_uid)?;
             }
             _ => {}
         }

@@ -45,6 +45,10 @@ pub fn validate(
             format!("unknown transfer syntax {transfer_syntax}"),
         )
     })?;
+    if let Some(explicit_vr) = little_endian_vr(transfer_syntax) {
+        check_declared_lengths(&dataset, explicit_vr)
+            .map_err(|reason| refuse(status::CANNOT_UNDERSTAND, reason))?;
+    }
     let obj = InMemDicomObject::read_dataset_with_ts(dataset.as_slice(), ts).map_err(|e| {
         refuse(
             status::CANNOT_UNDERSTAND,
@@ -104,6 +108,116 @@ pub fn validate(
         kind,
         dataset,
     })
+}
+
+/// For the little-endian, not deflated transfer syntaxes (everything we negotiate): whether
+/// VRs are explicit. None for the others (big endian, deflate), which are not pre-checked.
+fn little_endian_vr(transfer_syntax: &str) -> Option<bool> {
+    match transfer_syntax {
+        "1.2.840.10008.1.2" => Some(false),
+        "1.2.840.10008.1.2.2" | "1.2.840.10008.1.2.1.99" => None,
+        ts if ts.starts_with("1.2.840.10008.1.2") => Some(true),
+        _ => None,
+    }
+}
+
+fn le16(data: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([data[at], data[at + 1]])
+}
+
+fn le32(data: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+}
+
+/// Walks the element headers of a little-endian data set (into sequences and items) and refuses
+/// any defined length that runs past the end of the bytes. The parser allocates and zeroes a
+/// declared length before reading it, so without this a 4 GB length in a 1 kB data set costs
+/// 4 GB of memory per attempt (found by tests/hardening.rs).
+pub fn check_declared_lengths(data: &[u8], explicit_vr: bool) -> Result<(), String> {
+    const UNDEFINED: u32 = 0xFFFF_FFFF;
+    let mut pos = 0usize;
+    // Inside encapsulated pixel data, items hold raw fragments rather than elements.
+    let mut in_fragments = false;
+    while pos < data.len() {
+        let remaining = data.len() - pos;
+        if remaining < 8 {
+            return Err(format!(
+                "data set ends inside an element header at byte {pos}"
+            ));
+        }
+        let group = le16(data, pos);
+        let element = le16(data, pos + 2);
+        let tag = dicom_core::Tag(group, element);
+        let (length, header, is_sequence) = if group == 0xFFFE {
+            (le32(data, pos + 4), 8, false)
+        } else if explicit_vr {
+            let vr = [data[pos + 4], data[pos + 5]];
+            let long = matches!(
+                &vr,
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            );
+            if long {
+                if remaining < 12 {
+                    return Err(format!("data set ends inside the header of {tag}"));
+                }
+                (le32(data, pos + 8), 12, &vr == b"SQ")
+            } else {
+                (u32::from(le16(data, pos + 6)), 8, false)
+            }
+        } else {
+            use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+            let sq = dicom_dictionary_std::StandardDataDictionary
+                .by_tag(tag)
+                .is_some_and(|e| e.vr().relaxed() == dicom_core::VR::SQ);
+            (le32(data, pos + 4), 8, sq)
+        };
+        pos += header;
+        let remaining = data.len() - pos;
+        if group == 0xFFFE {
+            match element {
+                // An item: its fragment is skipped, its elements are walked.
+                0xE000 if in_fragments || length != UNDEFINED => {
+                    if length as usize > remaining {
+                        return Err(format!(
+                            "an item declares {length} bytes, only {remaining} remain"
+                        ));
+                    }
+                    if in_fragments {
+                        pos += length as usize;
+                    }
+                }
+                0xE0DD => in_fragments = false,
+                _ => {}
+            }
+            continue;
+        }
+        if length == UNDEFINED {
+            // A sequence (walked into) or encapsulated pixel data (fragments).
+            in_fragments = !is_sequence && tag == tags::PIXEL_DATA;
+            continue;
+        }
+        if length as usize > remaining {
+            return Err(format!(
+                "element {tag} declares {length} bytes, only {remaining} remain"
+            ));
+        }
+        if !is_sequence {
+            pos += length as usize;
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the pixels the way the series loader will, so a broken slice is refused now, with a
@@ -240,4 +354,50 @@ pub async fn handle(session: &mut Session, message: Message) -> Result<(), Dimse
     };
     let rsp = dimse::response(&message, command::C_STORE_RSP, code).encode();
     session.send_command(message.pc_id, rsp).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_transfer_syntax_registry::entries::{
+        EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
+    };
+
+    fn slice_bytes(explicit: bool) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::phantom::PhantomSpec {
+            slices: 8,
+            rows: 32,
+            columns: 32,
+            ..crate::phantom::PhantomSpec::default()
+        };
+        let summary = crate::phantom::write_dataset(dir.path(), 1, 1, &spec).unwrap();
+        let obj = dicom_object::open_file(&summary.series[0].files[0]).unwrap();
+        let ts = if explicit {
+            EXPLICIT_VR_LITTLE_ENDIAN.erased()
+        } else {
+            IMPLICIT_VR_LITTLE_ENDIAN.erased()
+        };
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, &ts).unwrap();
+        out
+    }
+
+    #[test]
+    fn declared_lengths_within_the_data_pass_and_absurd_ones_are_refused() {
+        for explicit in [true, false] {
+            let good = slice_bytes(explicit);
+            assert_eq!(check_declared_lengths(&good, explicit), Ok(()));
+            let mut absurd = good.clone();
+            if explicit {
+                absurd.extend_from_slice(&[0xE1, 0x7F, 0x10, 0x10, b'O', b'B', 0, 0]);
+            } else {
+                absurd.extend_from_slice(&[0xE1, 0x7F, 0x10, 0x10]);
+            }
+            absurd.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+            let error = check_declared_lengths(&absurd, explicit).unwrap_err();
+            assert!(error.contains("declares"), "{error}");
+            assert!(check_declared_lengths(&good[..good.len() - 3], explicit).is_err());
+        }
+    }
 }
