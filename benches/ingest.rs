@@ -10,7 +10,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -24,7 +28,16 @@ fn wait_port(port: u16) {
 fn send(port: u16, called: &str, dir: &Path) -> f64 {
     let started = Instant::now();
     let status = Command::new("storescu")
-        .args(["-aet", "BENCH", "-aec", called, "+sd", "+r", "127.0.0.1", &port.to_string()])
+        .args([
+            "-aet",
+            "BENCH",
+            "-aec",
+            called,
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -41,13 +54,24 @@ fn main() {
         return;
     }
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let spec = noduled::phantom::PhantomSpec { seed: 3, slices: 261, ..Default::default() };
+    let spec = noduled::phantom::PhantomSpec {
+        seed: 3,
+        slices: 261,
+        ..Default::default()
+    };
     let summary = noduled::phantom::write_dataset(&work.path().join("ct"), 3, 1, &spec).unwrap();
     std::fs::remove_file(&summary.annotations_csv).unwrap();
     let series_dir = summary.series[0].dir.clone();
-    let bytes: u64 = summary.series[0].files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    let bytes: u64 = summary.series[0]
+        .files
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
     let mb = bytes as f64 / 1e6;
-    println!("series: {} files, {mb:.0} MB", summary.series[0].files.len());
+    println!(
+        "series: {} files, {mb:.0} MB",
+        summary.series[0].files.len()
+    );
 
     let mut best_scp = f64::INFINITY;
     let mut best_noduled = f64::INFINITY;
@@ -96,7 +120,16 @@ fn main() {
         let _ = daemon.kill();
         let _ = daemon.wait();
     }
-    println!("storescp (TCP_NODELAY, no fsync): {best_scp:.2} s, {:.0} MB/s (best of 3)", mb / best_scp);
-    println!("noduled serve (fsync + index):    {best_noduled:.2} s, {:.0} MB/s (best of 3)", mb / best_noduled);
-    println!("noduled throughput = {:.2}x storescp's", best_scp / best_noduled);
+    println!(
+        "storescp (TCP_NODELAY, no fsync): {best_scp:.2} s, {:.0} MB/s (best of 3)",
+        mb / best_scp
+    );
+    println!(
+        "noduled serve (fsync + index):    {best_noduled:.2} s, {:.0} MB/s (best of 3)",
+        mb / best_noduled
+    );
+    println!(
+        "noduled throughput = {:.2}x storescp's",
+        best_scp / best_noduled
+    );
 }

@@ -140,9 +140,7 @@ fn same_findings(case: &str) {
         .findings
         .iter()
         .map(|f| f.center_irc)
-        .filter(|&irc| {
-            !nodules.iter().any(|&n| distance(n, irc) <= 1.5)
-        })
+        .filter(|&irc| !nodules.iter().any(|&n| distance(n, irc) <= 1.5))
         .collect();
     eprintln!(
         "{case}: default mode {} candidates / {} classifier nodules; exact (reference) {} / {}; seconds {:?}",

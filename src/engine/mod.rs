@@ -7,9 +7,9 @@
 //! [`load_for_role`] checks that a model's declared input fits the job it is loaded for
 //! ([`ModelRole`]), so passing the classifier as the segmentation model fails at load, not mid-run.
 
-pub mod provenance;
 #[cfg(feature = "ort")]
 pub mod ort;
+pub mod provenance;
 pub mod tract;
 
 use ndarray::{ArrayD, ArrayViewD};

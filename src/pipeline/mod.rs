@@ -26,9 +26,9 @@ pub mod group;
 pub mod lung;
 pub mod lungrads;
 pub mod malignancy;
+pub mod mass;
 pub mod measure;
 pub mod reduce;
-pub mod mass;
 pub mod segment;
 
 pub use caveats::{Caveat, CaveatKind, CaveatPolicies, CaveatPolicy};
@@ -721,7 +721,11 @@ impl Pipeline {
 }
 
 fn distance_mm(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The finding of one mass: its own centre, size and the diameter baseline's p_malignant, linked to
