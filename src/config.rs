@@ -121,6 +121,9 @@ pub struct ServerConfig {
     pub drop_folder: PathBuf,
     /// Source images of analysed series are deleted after this many days; 0 keeps them.
     pub retention_days: f64,
+    /// Also store a key image per finding (DICOM Secondary Capture in the CT's study), retrievable
+    /// like the SR, for PACS viewers that do not display SRs.
+    pub key_images: bool,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +150,7 @@ impl Default for ServerConfig {
             http: "127.0.0.1:8080".into(),
             drop_folder: PathBuf::new(),
             retention_days: 0.0,
+            key_images: false,
         }
     }
 }

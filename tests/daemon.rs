@@ -110,7 +110,7 @@ fn store_find_get_move_with_dcmtk() {
     let daemon = Daemon::start(
         dir.path(),
         &shared,
-        &format!("destinations = [\"STORESCP@127.0.0.1:{scp_port}\"]"),
+        &format!("destinations = [\"STORESCP@127.0.0.1:{scp_port}\"]\nkey_images = true"),
     );
 
     let echo = daemon.dcmtk("echoscu", &["-aet", "SCANNER", "-aec", "NODULED"]);
@@ -122,6 +122,14 @@ fn store_find_get_move_with_dcmtk() {
     let record = daemon.wait_analysed(&series, Duration::from_secs(300));
     assert_eq!(record["state"], "analysed", "{record}");
     assert_eq!(record["instance_count"], files.len() as u64);
+    // One key image (Secondary Capture) per finding, stored like the SR and dciodvfy-clean.
+    let findings = record["findings"].as_u64().unwrap_or(0);
+    let key_series = noduled::uid::derived(&["key-images", &series]);
+    let key_images = dicom_files(&daemon.state.join("spool").join(&key_series));
+    assert_eq!(key_images.len() as u64, findings, "{record}");
+    for image in &key_images {
+        assert_eq!(dciodvfy_errors(image), Vec::<String>::new());
+    }
 
     // C-FIND: the SR appears at SERIES level in the study.
     let sr_series = find_sr_series(&daemon, &study, &dir.path().join("find"));

@@ -5,7 +5,8 @@
 //! findings plus the suppressed ones, i.e. the book's findings), "after" the reported findings. A
 //! finding is a hit when its centre lies within 0.7 × the nodule's diameter of an annotated
 //! nodule's centre (the reference pipeline's criterion); every other finding is a false positive.
-//! The measured figures are written to `target/fp_lidc.json` and printed.
+//! The measured figures are printed and written to `fp_lidc.json` in cargo's test temp folder
+//! (`CARGO_TARGET_TMPDIR`).
 
 mod common;
 
@@ -149,7 +150,7 @@ fn reduction_cuts_false_positives_and_keeps_every_luna16_nodule() {
     });
     let text = serde_json::to_string_pretty(&summary).expect("json");
     println!("{text}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fp_lidc.json");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fp_lidc.json");
     let _ = std::fs::write(out, &text);
     assert!(
         fp_after * 3 <= fp_before,

@@ -35,6 +35,9 @@ pub struct KeyImageOptions {
     pub software_version: String,
     /// `(YYYYMMDD, HHMMSS)` for the creation dates; `None` = now.
     pub clock: Option<(String, String)>,
+    /// The SOP Instance UID; `None` = a fresh one. The daemon derives it from the series so a
+    /// re-run rewrites the same image.
+    pub sop_instance_uid: Option<String>,
 }
 
 impl KeyImageOptions {
@@ -48,6 +51,7 @@ impl KeyImageOptions {
             manufacturer: "noduled".into(),
             software_version: env!("CARGO_PKG_VERSION").into(),
             clock: None,
+            sop_instance_uid: None,
         }
     }
 }
@@ -102,7 +106,10 @@ pub fn build_key_image(
         return Err(too_big("the pixel buffer length", image.rgb.len()));
     }
     let (date, time) = options.clock.clone().unwrap_or_else(sr::utc_now);
-    let sop_instance_uid = uid::generate();
+    let sop_instance_uid = options
+        .sop_instance_uid
+        .clone()
+        .unwrap_or_else(uid::generate);
     let ps = &series.patient_study;
     let mut obj = InMemDicomObject::new_empty();
     // SOP Common

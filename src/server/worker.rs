@@ -140,6 +140,9 @@ fn run_job(
     };
     let report = sr::build_sr(&analysis, &volume.series, &volume.geometry, &options)
         .map_err(|e| e.to_string())?;
+    if context.config.server.key_images {
+        store_key_images(context, uid, &generation, &analysis, &volume)?;
+    }
     drop(volume);
     let mut dataset = Vec::new();
     report
@@ -198,6 +201,66 @@ fn run_job(
         "series analysed, report stored"
     );
     forward(context, &sr_uid, runtime);
+    Ok(())
+}
+
+/// Stores one Secondary Capture key image per finding in a series of the CT's study, with UIDs
+/// derived from the source series and generation; images of an older generation are removed.
+fn store_key_images(
+    context: &Context,
+    uid: &str,
+    generation: &str,
+    analysis: &crate::pipeline::Analysis,
+    volume: &crate::Volume,
+) -> Result<(), String> {
+    use crate::dicom::keyimage::{build_key_image, KeyImageOptions};
+    let series_uid = uid::derived(&["key-images", uid]);
+    let mut current = Vec::new();
+    for (k, finding) in analysis.findings.iter().enumerate() {
+        let number = k + 1;
+        let Some((slice, image)) = crate::render::finding_key_image(
+            volume.hu.view(),
+            volume.geometry.spacing_xyz,
+            finding,
+            number,
+        ) else {
+            continue;
+        };
+        let description = crate::render::describe_finding(finding, number);
+        let options = KeyImageOptions {
+            sop_instance_uid: Some(uid::derived(&["key-image", uid, generation, &number.to_string()])),
+            ..KeyImageOptions::new(series_uid.clone(), number as u32)
+        };
+        let object = build_key_image(&image, &volume.series, slice, &description, &options)
+            .map_err(|e| e.to_string())?;
+        let mut dataset = Vec::new();
+        object
+            .write_dataset_with_ts(&mut dataset, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+            .map_err(|e| super::one_line(&e.to_string()))?;
+        let keys = keys_of_dataset(&object);
+        let sop = keys.get(dicom_dictionary_std::tags::SOP_INSTANCE_UID).to_string();
+        context
+            .store
+            .put_instance(IncomingInstance {
+                sop_class_uid: keys.get(dicom_dictionary_std::tags::SOP_CLASS_UID).to_string(),
+                sop_instance_uid: sop.clone(),
+                transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.uid().to_string(),
+                keys,
+                kind: InstanceKind::Report,
+                dataset,
+            })
+            .map_err(|e| e.to_string())?;
+        current.push(sop);
+    }
+    for old in context.store.series_instances(&series_uid).map_err(|e| e.to_string())? {
+        if !current.contains(&old.sop_instance_uid) {
+            context
+                .store
+                .remove_instance(&old.sop_instance_uid)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    tracing::info!(key_images = current.len(), "key images stored");
     Ok(())
 }
 
