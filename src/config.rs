@@ -124,6 +124,29 @@ pub struct ServerConfig {
     /// Also store a key image per finding (DICOM Secondary Capture in the CT's study), retrievable
     /// like the SR, for PACS viewers that do not display SRs.
     pub key_images: bool,
+    /// `[server.tls]`: DICOM TLS on the DICOM port; off while no certificate is configured.
+    pub tls: TlsConfig,
+}
+
+/// `[server.tls]`: DICOM TLS (PS3.15 B.9, BCP 195) for the DICOM port. Empty paths mean unset;
+/// relative paths are taken from the working directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Our certificate chain (PEM, leaf first). Set: the DICOM port speaks TLS only.
+    pub certificate: PathBuf,
+    /// The private key of `certificate` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// CA certificates (PEM) that sign client certificates. Set: every peer must present a
+    /// certificate signed by one of them (mutual TLS); empty: peers need no certificate.
+    pub client_ca: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured (a certificate is set).
+    pub fn enabled(&self) -> bool {
+        !self.certificate.as_os_str().is_empty()
+    }
 }
 
 impl Default for ServerConfig {
@@ -151,6 +174,7 @@ impl Default for ServerConfig {
             drop_folder: PathBuf::new(),
             retention_days: 0.0,
             key_images: false,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -295,6 +319,11 @@ impl ServerConfig {
         }
         if !self.http.is_empty() && self.http.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("server.http {:?} is not host:port", self.http));
+        }
+        // The files are read here too, so `check-config` and the start of `serve` name a missing
+        // or bad certificate or key instead of every TLS handshake failing later.
+        if let Err(e) = crate::server::tls::server_config(&self.tls) {
+            problems.push(e);
         }
     }
 }

@@ -4,6 +4,11 @@
 //! Everything that goes wrong here ends this association (with a log line in its span), never the
 //! listener. The peer's calling AE title and address are checked against the allow-list at
 //! A-ASSOCIATE; a rejected peer gets A-ASSOCIATE-RJ with the standard reason.
+//!
+//! With `[server.tls]` configured the connection first completes a TLS handshake (see
+//! [`super::tls`]); a failed handshake is logged and counted like a rejected association. One
+//! code path serves both: [`Session`] and the services are generic over the [`Transport`] (a plain
+//! TCP stream or a TLS stream over it).
 
 use super::dimse::{self, command, status, Event, Message, Reassembler};
 use super::Context;
@@ -14,6 +19,7 @@ use dicom_ul::pdu::{AssociationRJServiceUserReason, Pdu, RequestorRoles, UserIde
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -122,12 +128,19 @@ impl Negotiation for RoleNegotiation {
     }
 }
 
-/// The accepted association, as the services see it.
-pub type Association = AsyncServerAssociation<TcpStream>;
+/// The byte stream under an association: plain TCP, or TLS over TCP.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
-/// Runs one association to its end.
-pub async fn serve(socket: TcpStream, peer: SocketAddr, context: Arc<Context>) {
-    let _ = socket.set_nodelay(true);
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+/// The accepted association, as the services see it.
+pub type Association<S> = AsyncServerAssociation<S>;
+
+/// The negotiation options every association gets (TLS or not).
+fn options(
+    context: &Context,
+    peer: SocketAddr,
+) -> ServerAssociationOptions<'static, PeerAccess, RoleNegotiation> {
     let cfg = &context.config.server;
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(PeerAccess {
@@ -157,20 +170,70 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, context: Arc<Context>) {
     for ts in TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(*ts);
     }
-    let association = match options.establish_async(socket).await {
-        Ok(a) => a,
-        Err(e) => {
-            let message = super::one_line(&e.to_string());
-            tracing::warn!(peer = %peer, error = %message, "association not established");
-            context.metrics.association("rejected");
-            return;
+    options
+}
+
+/// Runs one association to its end.
+pub async fn serve(socket: TcpStream, peer: SocketAddr, context: Arc<Context>) {
+    let _ = socket.set_nodelay(true);
+    let options = options(&context, peer);
+    match context.tls.clone() {
+        None => match options.establish_async(socket).await {
+            Ok(association) => run(association, peer, context, false).await,
+            Err(e) => not_established(&context, peer, &e.to_string()),
+        },
+        Some(tls) => {
+            // dicom-ul bounds the A-ASSOCIATE-RQ by ARTIM but not the TLS handshake before it:
+            // ARTIM bounds both, so a peer that connects and stays silent cannot hold a slot.
+            let artim = Duration::from_secs_f64(context.config.server.artim_seconds);
+            let options = options.tls_config(tls);
+            match tokio::time::timeout(artim, options.establish_tls_async(socket)).await {
+                Ok(Ok(association)) => run(association, peer, context, true).await,
+                Ok(Err(e)) => not_established(&context, peer, &error_chain(&e)),
+                Err(_) => not_established(
+                    &context,
+                    peer,
+                    "no TLS handshake and A-ASSOCIATE-RQ within artim_seconds",
+                ),
+            }
         }
-    };
+    }
+}
+
+/// A connection that did not become an association (bad peer, rejected, TLS handshake failed).
+fn not_established(context: &Context, peer: SocketAddr, error: &str) {
+    let message = super::one_line(error);
+    tracing::warn!(peer = %peer, error = %message, "association not established");
+    context.metrics.association("rejected");
+}
+
+/// An error with its causes (dicom-ul's TLS errors keep rustls' reason in the source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs an established association to its end.
+async fn run<S: Transport>(
+    association: Association<S>,
+    peer: SocketAddr,
+    context: Arc<Context>,
+    tls: bool,
+) {
     let peer_ae = association.client_ae_title_str().to_string();
     context.metrics.association("accepted");
     let span = tracing::info_span!("association", peer_ae = %peer_ae, peer = %peer);
     async move {
-        tracing::info!("association accepted");
+        tracing::info!(tls, "association accepted");
         let _open = context.metrics.open_association();
         let mut session = Session {
             association,
@@ -201,8 +264,8 @@ enum Ending {
 }
 
 /// The state of one association.
-pub struct Session {
-    pub association: Association,
+pub struct Session<S: Transport> {
+    pub association: Association<S>,
     pub context: Arc<Context>,
     /// Series this association stored into (they are not complete while it is open).
     pub series_sent: Vec<String>,
@@ -213,14 +276,14 @@ trait PeerTitle {
     fn client_ae_title_str(&self) -> &str;
 }
 
-impl PeerTitle for Association {
+impl<S: Transport> PeerTitle for Association<S> {
     fn client_ae_title_str(&self) -> &str {
         use dicom_ul::association::Association as _;
         self.peer_ae_title()
     }
 }
 
-impl Session {
+impl<S: Transport> Session<S> {
     async fn run(&mut self) -> Result<Ending, dimse::DimseError> {
         let cfg = &self.context.config.server;
         let reassembler = Reassembler {
@@ -328,7 +391,7 @@ impl Session {
     }
 }
 
-impl dimse::PduSource for Association {
+impl<S: Transport> dimse::PduSource for Association<S> {
     async fn receive_pdu(&mut self) -> Result<Pdu, dicom_ul::association::Error> {
         self.receive().await
     }

@@ -5,7 +5,8 @@
 //! [`Pipeline`] as `noduled analyze` and store the SR like any instance; the PACS pulls it with
 //! C-FIND ([`query`]) and C-GET/C-MOVE ([`retrieve`]), or receives it by auto-forward ([`scu`]).
 //! One file per concern, as in mini-redis: [`listener`] accepts and bounds connections,
-//! [`association`] runs one association, [`dimse`] frames messages.
+//! [`association`] runs one association (over TCP, or TLS when [`tls`] is configured), [`dimse`]
+//! frames messages.
 //!
 //! Limits are explicit: a semaphore bounds associations, timeouts bound every wait, instance and
 //! series sizes are capped, the disk watermark refuses storage before the disk fills, and the
@@ -25,6 +26,7 @@ pub mod retrieve;
 pub mod scu;
 pub mod store_scp;
 pub mod systemd;
+pub mod tls;
 pub mod worker;
 
 use crate::config::{Config, Destination};
@@ -62,6 +64,8 @@ pub struct Context {
     pub jobs_ready: worker::JobSignal,
     /// Flips to true when the service shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// The TLS configuration when `[server.tls]` is set: every connection is TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Context {
@@ -118,6 +122,8 @@ impl RunningServer {
         pipeline: Arc<Pipeline>,
     ) -> Result<RunningServer, ServerError> {
         let server = &config.server;
+        // Certificate problems stop the start with one line, before the port opens.
+        let tls = tls::server_config(&server.tls).map_err(ServerError::Setup)?;
         let store_dir = server.state_dir.clone();
         let min_free = server.min_free_disk_mb;
         let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, min_free))
@@ -147,6 +153,7 @@ impl RunningServer {
             sending: Mutex::new(HashMap::new()),
             jobs_ready: worker::JobSignal::default(),
             shutdown,
+            tls,
             store,
             pipeline,
             config,
@@ -169,6 +176,7 @@ impl RunningServer {
             address = %dicom_address,
             ae_title = %context.config.server.ae_title,
             http = ?http_address,
+            tls = context.tls.is_some(),
             "noduled is listening"
         );
         Ok(RunningServer {

@@ -7,7 +7,7 @@
 //! SERIES, IMAGE), with the counts and modalities C.6 defines computed on the fly.
 //! The same matcher selects what C-GET and C-MOVE send ([`matching_instances`]).
 
-use super::association::Session;
+use super::association::{Session, Transport};
 use super::dimse::{self, command, status, DimseError, Message};
 use crate::store::{records::tag_key, InstanceRecord};
 use dicom_core::header::Header;
@@ -309,7 +309,10 @@ pub fn response_identifier(query: &Query, entity: &Entity, retrieve_ae: &str) ->
 }
 
 /// Handles one C-FIND-RQ: one Pending response per match, then Success.
-pub async fn handle(session: &mut Session, message: Message) -> Result<(), DimseError> {
+pub async fn handle<S: Transport>(
+    session: &mut Session<S>,
+    message: Message,
+) -> Result<(), DimseError> {
     let pc_id = message.pc_id;
     let ts = session.transfer_syntax(pc_id).unwrap_or_default();
     let parsed = match message.data.as_deref() {

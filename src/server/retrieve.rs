@@ -4,7 +4,7 @@
 //! The final response carries the completed / failed / warning counts; an unknown destination is
 //! 0xA801, nothing matched is Success with zero sub-operations.
 
-use super::association::Session;
+use super::association::{Session, Transport};
 use super::dimse::{self, command, status, DimseError, Message};
 use super::query::{matching_instances, Query};
 use super::scu::{self, Counts};
@@ -34,8 +34,8 @@ fn with_counts(
 }
 
 /// Parses the identifier and selects the instances, or answers the failure itself.
-async fn select(
-    session: &mut Session,
+async fn select<S: Transport>(
+    session: &mut Session<S>,
     message: &Message,
     rsp_field: u16,
 ) -> Result<Option<Vec<crate::store::InstanceRecord>>, DimseError> {
@@ -69,7 +69,10 @@ async fn select(
 }
 
 /// C-GET: C-STORE sub-operations on this association.
-pub async fn handle_get(session: &mut Session, message: Message) -> Result<(), DimseError> {
+pub async fn handle_get<S: Transport>(
+    session: &mut Session<S>,
+    message: Message,
+) -> Result<(), DimseError> {
     let Some(instances) = select(session, &message, command::C_GET_RSP).await? else {
         return Ok(());
     };
@@ -132,7 +135,10 @@ pub async fn handle_get(session: &mut Session, message: Message) -> Result<(), D
 }
 
 /// C-MOVE: C-STORE sub-operations over a new association to the named destination.
-pub async fn handle_move(session: &mut Session, message: Message) -> Result<(), DimseError> {
+pub async fn handle_move<S: Transport>(
+    session: &mut Session<S>,
+    message: Message,
+) -> Result<(), DimseError> {
     let destination_ae = dimse::str_of(&message.command, tags::MOVE_DESTINATION);
     let Some(destination) = session.context.destination(destination_ae.trim()).cloned() else {
         tracing::warn!(destination = %destination_ae, "C-MOVE to an AE not in server.destinations");

@@ -7,7 +7,7 @@
 //! the SOP class (not a CT, no pixel data, UIDs missing or not matching the command), 0xC000 cannot
 //! understand (unparseable, undecodable pixels).
 
-use super::association::{sop, Session};
+use super::association::{sop, Session, Transport};
 use super::dimse::{self, command, status, DimseError, Message};
 use crate::dicom::instance::{read_object, ReadOutcome};
 use crate::store::{keys_of_dataset, IncomingInstance, InstanceKind, PutOutcome, StoreError};
@@ -292,7 +292,10 @@ pub async fn store(
 }
 
 /// Handles one C-STORE-RQ.
-pub async fn handle(session: &mut Session, message: Message) -> Result<(), DimseError> {
+pub async fn handle<S: Transport>(
+    session: &mut Session<S>,
+    message: Message,
+) -> Result<(), DimseError> {
     let class = message.affected_sop_class();
     let instance = message.affected_sop_instance();
     let result = match (&message.data, message.oversized) {

@@ -46,10 +46,15 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a configuration (`extra` is appended inside `[server]`) and starts the daemon.
     pub fn start(dir: &Path, shared: &Path, extra: &str) -> Daemon {
+        let (seg, nodule) = book_models(shared);
+        Daemon::start_with_models(dir, &seg, &nodule, extra)
+    }
+
+    /// As [`Daemon::start`], with the given models (e.g. the small ones shipped in `models/`).
+    pub fn start_with_models(dir: &Path, seg: &Path, nodule: &Path, extra: &str) -> Daemon {
         let port = free_port();
         let http_port = free_port();
         let state = dir.join("state");
-        let (seg, nodule) = book_models(shared);
         let config = dir.join("noduled.toml");
         let completion = if extra.contains("completion_seconds") {
             String::new()
