@@ -92,7 +92,7 @@ def check_runtime(model, role: str, path: pathlib.Path) -> None:
 
 
 def metadata(role: str, run: dict, source: dict) -> dict:
-    return {
+    meta = {
         "noduled.role": role,
         "noduled.train_series": run["train_series"],
         "noduled.val_series": run["val_series"],
@@ -101,6 +101,10 @@ def metadata(role: str, run: dict, source: dict) -> dict:
         "noduled.source": {**source, "manifest_sha256": run["manifest_sha256"], "seed": run["seed"],
                            "code": run["code"], "recipe": run.get("recipe", {})},
     }
+    if run.get("pretrained"):
+        # started from weights trained elsewhere: noduled's leak guard cannot vouch for those series
+        meta["noduled.pretrained"] = run["pretrained"]
+    return meta
 
 
 def main(argv=None) -> int:

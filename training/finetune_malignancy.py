@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     cache = common.CtCache(ds)
     entries = labelled(ds, cache, train)
     model, params = build(torch.load(a.nodule, map_location="cpu"), a.train_blocks)
+    nodule_info = pathlib.Path(a.nodule).with_suffix(".metrics.json")
+    pretrained = common.read_json(nodule_info).get("pretrained") if nodule_info.is_file() else None
     _FrozenNorm(model)
     started = time.time()
     if a.train_blocks == 0:
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
     common.write_json(out / "malignancy.metrics.json", {
         "role": "malignancy", "metrics": metrics, "train_series": train, "val_series": val,
         "manifest_sha256": man.digest, "seed": a.seed, "code": common.code_revision(),
-        "dataset_root": str(ds.root), "dataset_layout": ds.layout,
+        "dataset_root": str(ds.root), "dataset_layout": ds.layout, "pretrained": pretrained,
         "recipe": {"from": "nodule classifier", "new_head": "head_linear 1152 -> 2",
                    "trained": ["head_linear", *BLOCKS[:a.train_blocks]], "sampling": "balanced 1:1",
                    "optimizer": f"Adam lr={a.lr}", "batch": a.batch}})

@@ -1,4 +1,4 @@
-"""`python training/make_candidates.py DATA --manifest M --seg DIR/segmentation.pt [--out DATA/candidates.csv]`
+"""`python training/make_candidates.py DATA --manifest M (--seg DIR/segmentation.pt | --seg-onnx FILE) [--out DATA/candidates.csv]`
 
 Writes a LUNA16-style `candidates.csv` (`seriesuid,coordX,coordY,coordZ,class`) for a data set that
 has none (phantoms): what the nodule classifier learns to reject. Two sources, per series:
@@ -9,6 +9,9 @@ has none (phantoms): what the nodule classifier learns to reject. Two sources, p
 2. **vessel and wall points**: `--random` voxels a series of soft-tissue density (HU > -300) with
    lung around them (the mean HU of the 15×15 neighbourhood below -500): vessel crossings, airway
    walls and the pleura, where a detector that was not run here would fire.
+
+`--seg-onnx` runs an exported U-Net (an ONNX file with the `ct_slices` → `nodule_probability`
+interface, e.g. the shipped models/segmentation.onnx) through onnxruntime instead of a state dict.
 
 A candidate within an annotated nodule's radius is class 1, others class 0. Only series in the
 manifest are processed (any split: val candidates are what the classifier is validated on).
@@ -42,6 +45,21 @@ def segment(model, hu: np.ndarray, batch: int = 4) -> np.ndarray:
     return out
 
 
+class OnnxSegmentation:
+    """An exported U-Net called like the torch model (`ct_slices` in, `nodule_probability` out)."""
+
+    def __init__(self, path):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = common.threads()
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (p,) = self.session.run(["nodule_probability"], {"ct_slices": x.numpy()})
+        return torch.from_numpy(p)
+
+
 def label(ct, irc, nodules) -> bool:
     xyz = ct.irc_to_xyz(irc)
     return any(np.linalg.norm(xyz - np.asarray(n.xyz)) <= n.diameter_mm / 2 for n in nodules)
@@ -52,6 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("data")
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--seg", help="segmentation state dict (train_seg.py's segmentation.pt)")
+    ap.add_argument("--seg-onnx", help="an exported U-Net (ONNX), run with onnxruntime instead of --seg")
     ap.add_argument("--random", type=int, default=60, help="vessel/wall points per series")
     ap.add_argument("--detect-max", type=int, default=None,
                     help="run the detector on at most N series (val series first), to save CPU")
@@ -72,6 +91,8 @@ def main(argv=None) -> int:
         model = SegUNet()
         model.load_state_dict(torch.load(a.seg, map_location="cpu"))
         model.eval()
+    elif a.seg_onnx:
+        model = OnnxSegmentation(a.seg_onnx)
     out = []
     started = time.time()
     order = man.series("val") + man.series("test") + man.series("train")

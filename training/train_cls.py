@@ -6,6 +6,11 @@ candidates of `candidates.csv` that hit none (`make_candidates.py` writes one fo
 Balanced sampling (every batch half nodules, as the book's `ratio_int=1`), augmentation (centre
 jitter, flips, in-plane 90° rotations, noise), cross-entropy on the two logits.
 
+`--init-book STATE` starts from the book's published classifier weights (LUNA16) instead of random
+ones — transfer learning, as the book itself does for malignancy. The weights' own training series
+are not known (the book did not publish them), so the output records them as `pretrained` with
+unknown series, and noduled's leak guard reports such a model as unverifiable.
+
 Train and val series come from the manifest only; the validation AUC is computed on the val
 series' candidates and nodules, never on a training series. Writes DIR/nodule.pt and
 DIR/nodule.metrics.json.
@@ -101,6 +106,17 @@ def train_balanced(model, params, cache, entries, labels, epochs, samples, batch
     return history
 
 
+def book_pretrained(path, split_note: str) -> dict:
+    """What a model started from the book's weights inherits: their file, digest and data set, with
+    series lists that are unknown (the `noduled.pretrained` metadata)."""
+    import hashlib
+
+    data = pathlib.Path(path).read_bytes()
+    return {"from": pathlib.Path(path).name, "sha256": hashlib.sha256(data).hexdigest(),
+            "weights": "Deep Learning with PyTorch, chapter 14 (dlwpt-code), published state dict",
+            "dataset": split_note, "train_series": "unknown"}
+
+
 def open_inputs(a, tag):
     try:
         ds = datasets.open_dataset(a.data)
@@ -125,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--margin-mm", type=float, default=None,
                     help="leave out training negatives within a nodule's radius + this margin")
     ap.add_argument("--resume", help="start from this nodule.pt (trained on the same manifest)")
+    ap.add_argument("--init-book", help="start from the book's classifier .state (LUNA16 weights)")
     a = ap.parse_args(argv)
     common.seed_everything(a.seed, common.threads())
     rng = np.random.default_rng(a.seed)
@@ -134,7 +151,18 @@ def main(argv=None) -> int:
     entries = items(ds, cache, train, margin_mm=a.margin_mm)
     started = time.time()
     model = NoduleNet()
-    resumed = None
+    resumed, pretrained = None, None
+    if a.resume and a.init_book:
+        print("train_cls: give --resume or --init-book, not both", file=sys.stderr)
+        return 2
+    if a.init_book:
+        from convert_book_weights import SPLIT_NOTE, load_state
+        try:
+            model.load_state_dict(load_state(a.init_book))
+        except (OSError, RuntimeError, KeyError) as e:
+            print(f"train_cls: {a.init_book}: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+        pretrained = book_pretrained(a.init_book, SPLIT_NOTE)
     if a.resume:
         previous = common.read_json(pathlib.Path(a.resume).with_suffix(".metrics.json"))
         if previous["manifest_sha256"] != man.digest:
@@ -143,6 +171,7 @@ def main(argv=None) -> int:
         model.load_state_dict(torch.load(a.resume, map_location="cpu"))
         resumed = {k: previous["metrics"].get(k) for k in ("epochs", "train_loss", "auc")}
         resumed["recipe"] = previous.get("recipe")
+        pretrained = previous.get("pretrained")
     history = train_balanced(model, model.parameters(), cache, entries, [e[2] for e in entries],
                              a.epochs, a.samples, a.batch, a.lr, rng, "cls")
     val_entries = items(ds, cache, val)
@@ -163,7 +192,7 @@ def main(argv=None) -> int:
     common.write_json(out / "nodule.metrics.json", {
         "role": "nodule", "metrics": metrics, "train_series": train, "val_series": val,
         "manifest_sha256": man.digest, "seed": a.seed, "code": common.code_revision(),
-        "dataset_root": str(ds.root), "dataset_layout": ds.layout,
+        "dataset_root": str(ds.root), "dataset_layout": ds.layout, "pretrained": pretrained,
         "recipe": {"crop": list(common.CROP), "sampling": "balanced 1:1", "optimizer": f"Adam lr={a.lr}",
                    "batch": a.batch, "augmentation": "jitter (1, 2, 2) voxels, flips, 90-degree rotations, 15 HU noise",
                    "train_positives": int(sum(e[2] for e in entries)),

@@ -26,7 +26,8 @@ nodules a candidate matched; an AUC needs both classes and is left out (with a n
 
 Leak guard: if an evaluated series is in a model's noduled.train_series metadata, or marked train \
 in --split, eval refuses with exit status 3 (no figures). --allow-leak runs anyway and stamps every \
-output LEAKY. Models whose training series are unknown (the book's) are reported as unverified.
+output LEAKY. Models whose training series are unknown (the book's), or that started from such \
+weights (noduled.pretrained), are reported as unverified.
 
 Cache: the segmentation of each series is cached (keyed by the volume, the segmentation model's \
 SHA-256 and --exact), so re-running with another nodule or malignancy model skips the U-Net.

@@ -60,6 +60,9 @@ struct Entry {
     val_series: Option<Value>,
     /// `noduled.source`: data set, synthetic or not, code revision, manifest digest.
     source: Option<Value>,
+    /// `noduled.pretrained`: the weights it started from (their series are not listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pretrained: Option<Value>,
     /// Other metadata properties, verbatim.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     other_metadata: BTreeMap<String, String>,
@@ -76,6 +79,7 @@ fn entry(role: ModelRole, info: &ModelInfo) -> anyhow::Result<Entry> {
         "noduled.train_series",
         "noduled.val_series",
         "noduled.source",
+        "noduled.pretrained",
     ];
     let series = |list: &noduled::engine::provenance::SeriesList| serde_json::to_value(list).ok();
     Ok(Entry {
@@ -93,6 +97,7 @@ fn entry(role: ModelRole, info: &ModelInfo) -> anyhow::Result<Entry> {
         train_series: series(&provenance.train_series),
         val_series: series(&provenance.val_series),
         source: provenance.source.clone(),
+        pretrained: provenance.pretrained.clone(),
         other_metadata: info
             .metadata
             .iter()
@@ -116,6 +121,7 @@ fn diameter_entry() -> Entry {
         source: Some(Value::String(
             "the book's diameter baseline: p = 1 / (1 + exp(-(d - 10.55 mm) / 1.5 mm))".into(),
         )),
+        pretrained: None,
         other_metadata: BTreeMap::new(),
     }
 }
@@ -231,6 +237,20 @@ fn print_entry(out: &mut impl Write, e: &Entry) -> std::io::Result<()> {
         }
         Some(Value::String(s)) => writeln!(out, "  source        {s}")?,
         _ => writeln!(out, "  source        not recorded")?,
+    }
+    if let Some(pretrained) = &e.pretrained {
+        let from = match pretrained {
+            Value::Object(map) => map
+                .get("from")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            other => other.to_string(),
+        };
+        writeln!(
+            out,
+            "  started from  {from} (its training series are not listed: the leak guard cannot vouch for them)"
+        )?;
     }
     writeln!(out)
 }

@@ -38,6 +38,9 @@ pub const KEY_INPUT: &str = "noduled.input";
 pub const KEY_SOURCE: &str = "noduled.source";
 /// Metadata key of the free-text note on the split.
 pub const KEY_SPLIT_NOTE: &str = "noduled.split_note";
+/// Metadata key of the weights a model started from (transfer learning): their file, digest and
+/// data set. Their training series are not in `noduled.train_series`.
+pub const KEY_PRETRAINED: &str = "noduled.pretrained";
 
 /// A `noduled.*` property that is present but cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -143,6 +146,8 @@ pub struct Provenance {
     pub source: Option<serde_json::Value>,
     /// `noduled.split_note`.
     pub split_note: Option<String>,
+    /// `noduled.pretrained`: the weights this model started from, if any (JSON, or text).
+    pub pretrained: Option<serde_json::Value>,
 }
 
 /// A free-form property: JSON when it parses, else the text itself; absent or blank is `None`.
@@ -192,7 +197,22 @@ impl Provenance {
                 .get(KEY_SPLIT_NOTE)
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty()),
+            pretrained: json_or_text(metadata.get(KEY_PRETRAINED)),
         })
+    }
+
+    /// Whether every series that shaped the weights is listed: the model's own training series
+    /// are known, and it did not start from weights trained on series nobody listed.
+    pub fn training_fully_listed(&self) -> bool {
+        let inherited_listed = match &self.pretrained {
+            None => true,
+            Some(serde_json::Value::Object(map)) => map
+                .get("train_series")
+                .and_then(serde_json::Value::as_array)
+                .is_some(),
+            Some(_) => false,
+        };
+        self.train_series.is_known() && inherited_listed
     }
 }
 

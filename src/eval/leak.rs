@@ -4,8 +4,9 @@
 //! validation CTs were trained on and its validation figures flattered the models. noduled refuses
 //! such an evaluation. Two sources say a series was trained on: a model's `noduled.train_series`
 //! (see [`crate::engine::provenance`]) and a split manifest (`series_uid,split`) that marks it
-//! `train`. A model whose training list is unknown (the book's published weights) cannot be
-//! checked: that is reported, not refused, and every output says so.
+//! `train`. A model whose training list is unknown (the book's published weights), or that started
+//! from such weights (`noduled.pretrained`), cannot be fully checked: that is reported, not
+//! refused, and every output says so.
 
 use crate::engine::provenance::Provenance;
 use serde::Serialize;
@@ -52,7 +53,8 @@ impl fmt::Display for Leak {
 pub struct LeakCheck {
     /// Evaluated series that were trained on.
     pub leaks: Vec<Leak>,
-    /// Models whose training series are unknown, so the check could not cover them.
+    /// Models whose training series (or those of the weights they started from) are unknown, so
+    /// the check could not cover them.
     pub unverified_models: Vec<String>,
 }
 
@@ -87,7 +89,7 @@ pub fn check(
 ) -> LeakCheck {
     let mut result = LeakCheck::default();
     for (name, provenance) in models {
-        if !provenance.train_series.is_known() {
+        if !provenance.training_fully_listed() {
             result.unverified_models.push(name.clone());
         }
     }
@@ -182,5 +184,24 @@ mod tests {
         let c = check(&["1.1".to_string()], &models, None);
         assert!(!c.is_leaky());
         assert_eq!(c.unverified_models, vec!["book.onnx".to_string()]);
+    }
+
+    #[test]
+    fn a_model_started_from_unlisted_weights_is_unverified_and_still_checked() {
+        let mut tuned = trained_on(&["1.1"]);
+        tuned.pretrained =
+            Some(serde_json::json!({"from": "book.state", "train_series": "unknown"}));
+        let models = vec![("tuned.onnx".to_string(), tuned)];
+        let c = check(&["1.1".to_string(), "1.2".to_string()], &models, None);
+        assert_eq!(c.unverified_models, vec!["tuned.onnx".to_string()]);
+        assert!(c.is_leaky(), "its own training series are still refused");
+        let mut listed = trained_on(&["1.1"]);
+        listed.pretrained = Some(serde_json::json!({"from": "x", "train_series": ["9.9"]}));
+        let c = check(
+            &["1.2".to_string()],
+            &[("listed.onnx".to_string(), listed)],
+            None,
+        );
+        assert!(c.unverified_models.is_empty());
     }
 }

@@ -422,7 +422,7 @@ pub fn evaluate(
     }
     if !leak_check.unverified_models.is_empty() {
         notes.push(format!(
-            "the training series of {} are unknown: the leak guard cannot check them",
+            "the training series of {} (or of the weights they started from) are unknown: the leak guard cannot check them",
             leak_check.unverified_models.join(", ")
         ));
     }

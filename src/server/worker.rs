@@ -228,7 +228,12 @@ fn store_key_images(
         };
         let description = crate::render::describe_finding(finding, number);
         let options = KeyImageOptions {
-            sop_instance_uid: Some(uid::derived(&["key-image", uid, generation, &number.to_string()])),
+            sop_instance_uid: Some(uid::derived(&[
+                "key-image",
+                uid,
+                generation,
+                &number.to_string(),
+            ])),
             ..KeyImageOptions::new(series_uid.clone(), number as u32)
         };
         let object = build_key_image(&image, &volume.series, slice, &description, &options)
@@ -238,11 +243,15 @@ fn store_key_images(
             .write_dataset_with_ts(&mut dataset, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
             .map_err(|e| super::one_line(&e.to_string()))?;
         let keys = keys_of_dataset(&object);
-        let sop = keys.get(dicom_dictionary_std::tags::SOP_INSTANCE_UID).to_string();
+        let sop = keys
+            .get(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+            .to_string();
         context
             .store
             .put_instance(IncomingInstance {
-                sop_class_uid: keys.get(dicom_dictionary_std::tags::SOP_CLASS_UID).to_string(),
+                sop_class_uid: keys
+                    .get(dicom_dictionary_std::tags::SOP_CLASS_UID)
+                    .to_string(),
                 sop_instance_uid: sop.clone(),
                 transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.uid().to_string(),
                 keys,
@@ -252,7 +261,11 @@ fn store_key_images(
             .map_err(|e| e.to_string())?;
         current.push(sop);
     }
-    for old in context.store.series_instances(&series_uid).map_err(|e| e.to_string())? {
+    for old in context
+        .store
+        .series_instances(&series_uid)
+        .map_err(|e| e.to_string())?
+    {
         if !current.contains(&old.sop_instance_uid) {
             context
                 .store
