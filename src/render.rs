@@ -130,10 +130,50 @@ pub fn render_key_image(
         let col = (c + 4).min(width as isize - text_width(&annotation.label));
         draw_text(&mut image, row, col.max(0), &annotation.label);
     }
-    for (k, line) in annotation.caption.iter().enumerate() {
-        draw_text(&mut image, 4 + k as isize * 9 * SCALE, 4, line);
+    // Small images (a 256-pixel phantom) get the caption wrapped rather than cut off.
+    let max_chars = ((width as isize - 8) / (6 * SCALE)).max(1) as usize;
+    let lines = annotation
+        .caption
+        .iter()
+        .flat_map(|line| wrap_words(line, max_chars));
+    for (k, line) in lines.enumerate() {
+        draw_text(&mut image, 4 + k as isize * 9 * SCALE, 4, &line);
     }
     Some(image)
+}
+
+/// Splits `text` into lines of at most `max_chars` characters: whole phrases (the parts between
+/// double spaces) where they fit, else words (a longer word stays whole on its own line).
+fn wrap_words(text: &str, max_chars: usize) -> Vec<String> {
+    let mut units: Vec<(String, &str)> = Vec::new();
+    for phrase in text.split("  ").filter(|p| !p.trim().is_empty()) {
+        if phrase.chars().count() <= max_chars {
+            units.push((phrase.trim().to_string(), "  "));
+        } else {
+            units.extend(
+                phrase
+                    .split(' ')
+                    .filter(|w| !w.is_empty())
+                    .map(|w| (w.to_string(), " ")),
+            );
+        }
+    }
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for (unit, separator) in units {
+        if current.is_empty() {
+            current = unit;
+        } else if current.chars().count() + separator.len() + unit.chars().count() <= max_chars {
+            current.push_str(separator);
+            current.push_str(&unit);
+        } else {
+            lines.push(std::mem::replace(&mut current, unit));
+        }
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines
 }
 
 /// One-line description of finding number `number` (1-based), e.g. `nodule 1: 12.3 mm solid,
@@ -342,6 +382,27 @@ pub fn write_png(image: &RgbImage, path: &Path) -> Result<(), RenderError> {
 mod tests {
     use super::*;
     use ndarray::Array3;
+
+    #[test]
+    fn captions_wrap_at_phrases_then_words_to_fit() {
+        assert_eq!(
+            wrap_words("NODULE 1  15.1 MM SOLID", 13),
+            vec!["NODULE 1", "15.1 MM SOLID"]
+        );
+        assert_eq!(
+            wrap_words("LUNG-RADS 4B  P MALIGNANT 0.85", 20),
+            vec!["LUNG-RADS 4B", "P MALIGNANT 0.85"]
+        );
+        assert_eq!(
+            wrap_words("NODULE 1  15.1 MM", 40),
+            vec!["NODULE 1  15.1 MM"]
+        );
+        assert_eq!(wrap_words("ABCDEFGHIJ", 4), vec!["ABCDEFGHIJ"]);
+        assert_eq!(
+            wrap_words("P MALIGNANT 0.85", 12),
+            vec!["P MALIGNANT", "0.85"]
+        );
+    }
 
     #[test]
     fn outline_surrounds_the_region_and_text_is_drawn() {

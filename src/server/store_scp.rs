@@ -152,22 +152,34 @@ pub fn check_declared_lengths(data: &[u8], explicit_vr: bool) -> Result<(), Stri
             (le32(data, pos + 4), 8, false)
         } else if explicit_vr {
             let vr = [data[pos + 4], data[pos + 5]];
-            let long = matches!(
+            // Only these VRs have a 2-byte length; any other code, known or not, has the 4-byte
+            // form (PS3.5 7.1.2), as the parser reads it. Treating an unknown code as short let a
+            // 3 kB data set declare 2 GB (found by cargo fuzz, validate_instance).
+            let short = matches!(
                 &vr,
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"SV"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"UV"
+                b"AE"
+                    | b"AS"
+                    | b"AT"
+                    | b"CS"
+                    | b"DA"
+                    | b"DS"
+                    | b"DT"
+                    | b"FD"
+                    | b"FL"
+                    | b"IS"
+                    | b"LO"
+                    | b"LT"
+                    | b"PN"
+                    | b"SH"
+                    | b"SL"
+                    | b"SS"
+                    | b"ST"
+                    | b"TM"
+                    | b"UI"
+                    | b"UL"
+                    | b"US"
             );
+            let long = !short;
             if long {
                 if remaining < 12 {
                     return Err(format!("data set ends inside the header of {tag}"));
@@ -402,5 +414,19 @@ mod tests {
             assert!(error.contains("declares"), "{error}");
             assert!(check_declared_lengths(&good[..good.len() - 3], explicit).is_err());
         }
+    }
+
+    #[test]
+    fn an_unknown_vr_code_is_read_with_the_long_length_form() {
+        // (0028,2110) with the made-up VR "CA": the parser reads a 4-byte length after two
+        // reserved bytes, here 0x7FE03030 (2 GB) in a data set of a few kB (a cargo fuzz find).
+        let mut data = slice_bytes(true);
+        data.extend_from_slice(&[0x28, 0x00, 0x10, 0x21, b'C', b'A', 0x02, 0x00]);
+        data.extend_from_slice(&0x7FE0_3030u32.to_le_bytes());
+        data.extend_from_slice(&[0u8; 64]);
+        let error = check_declared_lengths(&data, true).unwrap_err();
+        assert!(error.contains("declares"), "{error}");
+        let refused = validate(data, "1.2.840.10008.1.2.1", "", "").unwrap_err();
+        assert_eq!(refused.status, status::CANNOT_UNDERSTAND);
     }
 }
