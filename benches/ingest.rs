@@ -1,6 +1,7 @@
 //! Ingest throughput: one CT series sent with DCMTK `storescu` over loopback to `noduled serve`
 //! (durable: file fsync + index flush before every Success) and to DCMTK `storescp` started with
-//! `TCP_NODELAY=1` (no fsync), same files, same disk, one run. Prints seconds, MB/s and the ratio.
+//! `TCP_NODELAY=1` (no fsync), same files, same disk, one run (storescu itself with TCP_NODELAY=1
+//! in both cases). Prints seconds, MB/s and the ratio.
 //!
 //! `cargo bench --bench ingest` (needs DCMTK; the service needs models only to start: the book's
 //! from `../shared`, and no analysis runs because completion is set far in the future).
@@ -27,7 +28,10 @@ fn wait_port(port: u16) {
 
 fn send(port: u16, called: &str, dir: &Path) -> f64 {
     let started = Instant::now();
+    // The sender gets TCP_NODELAY too (DCMTK reads it from the environment), for both peers alike:
+    // without it, each instance waits out a ~40 ms delayed-ACK stall and both sides measure that.
     let status = Command::new("storescu")
+        .env("TCP_NODELAY", "1")
         .args([
             "-aet",
             "BENCH",
