@@ -141,25 +141,7 @@ fn store_find_get_move_with_dcmtk() {
 
     // C-GET: the SR comes back on the association, and dciodvfy finds no error in it.
     let got = dir.path().join("get");
-    std::fs::create_dir_all(&got).unwrap();
-    let get = daemon.dcmtk(
-        "getscu",
-        &[
-            "-S",
-            "-aet",
-            "PACS",
-            "-aec",
-            "NODULED",
-            "-k",
-            "QueryRetrieveLevel=SERIES",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "-k",
-            &format!("SeriesInstanceUID={}", sr_series[0]),
-            "-od",
-            got.to_str().unwrap(),
-        ],
-    );
+    let get = daemon.get_series(&study, &sr_series[0], &got);
     assert!(get.status.success(), "getscu: {}", describe(&get));
     let retrieved = dicom_files(&got);
     assert_eq!(

@@ -247,25 +247,7 @@ fn still_serving(daemon: &Daemon, series: &str, study: &str, expected: usize, di
         daemon.status()
     );
     let out = dir.join(format!("get-{}", rand_u64()));
-    std::fs::create_dir_all(&out).unwrap();
-    let get = daemon.dcmtk(
-        "getscu",
-        &[
-            "-S",
-            "-aet",
-            "PACS",
-            "-aec",
-            "NODULED",
-            "-k",
-            "QueryRetrieveLevel=SERIES",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "-k",
-            &format!("SeriesInstanceUID={series}"),
-            "-od",
-            out.to_str().unwrap(),
-        ],
-    );
+    let get = daemon.get_series(study, series, &out);
     let got = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
     assert_eq!(
         got,

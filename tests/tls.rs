@@ -26,6 +26,13 @@ fn ready() -> bool {
     .all(|tool| have(tool))
 }
 
+/// `noduled serve` with the shipped models, its state under `dir/daemon`, `extra` in `[server]`.
+fn start_daemon(dir: &Path, extra: &str) -> Daemon {
+    let (seg, nodule) = models();
+    std::fs::create_dir_all(dir.join("daemon")).unwrap();
+    Daemon::start_with_models(&dir.join("daemon"), &seg, &nodule, extra)
+}
+
 fn models() -> (PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     (dir.join("segmentation.onnx"), dir.join("nodule.onnx"))
@@ -217,14 +224,7 @@ fn mutual_tls_echo_store_and_refusals() {
     }
     let dir = tempfile::tempdir().unwrap();
     let pki = certificates(dir.path());
-    let (seg, nodule) = models();
-    std::fs::create_dir_all(dir.path().join("daemon")).unwrap();
-    let daemon = Daemon::start_with_models(
-        &dir.path().join("daemon"),
-        &seg,
-        &nodule,
-        &tls_section(&pki, true),
-    );
+    let daemon = start_daemon(dir.path(), &tls_section(&pki, true));
     let client = tls_client(&pki, "client");
 
     // 1. C-ECHO over TLS with our client certificate.
@@ -335,14 +335,7 @@ fn without_client_ca_anonymous_tls_clients_are_accepted() {
     }
     let dir = tempfile::tempdir().unwrap();
     let pki = certificates(dir.path());
-    let (seg, nodule) = models();
-    std::fs::create_dir_all(dir.path().join("daemon")).unwrap();
-    let daemon = Daemon::start_with_models(
-        &dir.path().join("daemon"),
-        &seg,
-        &nodule,
-        &tls_section(&pki, false),
-    );
+    let daemon = start_daemon(dir.path(), &tls_section(&pki, false));
     let out = echo(&daemon, &anonymous_client(&pki));
     assert!(
         out.status.success(),
@@ -364,14 +357,7 @@ fn without_tls_the_same_services_answer_plain_clients_and_refuse_tls_ones() {
     }
     let dir = tempfile::tempdir().unwrap();
     let pki = certificates(dir.path());
-    let (seg, nodule) = models();
-    std::fs::create_dir_all(dir.path().join("daemon")).unwrap();
-    let daemon = Daemon::start_with_models(
-        &dir.path().join("daemon"),
-        &seg,
-        &nodule,
-        "completion_seconds = 3600.0",
-    );
+    let daemon = start_daemon(dir.path(), "completion_seconds = 3600.0");
     let plain = ["-aet", "SCANNER", "-aec", "NODULED"];
     let out = daemon.dcmtk("echoscu", &plain);
     assert!(out.status.success(), "plain echo: {}", describe(&out));
@@ -385,25 +371,7 @@ fn without_tls_the_same_services_answer_plain_clients_and_refuse_tls_ones() {
     assert!(out.status.success(), "plain store: {}", describe(&out));
     // C-GET: sub-operations and their responses on the same (generic) session.
     let got = dir.path().join("got");
-    std::fs::create_dir_all(&got).unwrap();
-    let out = daemon.dcmtk(
-        "getscu",
-        &[
-            "-S",
-            "-aet",
-            "PACS",
-            "-aec",
-            "NODULED",
-            "-k",
-            "QueryRetrieveLevel=SERIES",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "-k",
-            &format!("SeriesInstanceUID={series}"),
-            "-od",
-            got.to_str().unwrap(),
-        ],
-    );
+    let out = daemon.get_series(&study, &series, &got);
     let count = std::fs::read_dir(&got).map(|d| d.count()).unwrap_or(0);
     assert_eq!(count, files.len(), "plain C-GET: {}", describe(&out));
     let before = metric(&daemon, REJECTED);

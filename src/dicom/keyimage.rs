@@ -8,7 +8,7 @@
 //! Type DERIVED\SECONDARY, Burned In Annotation YES: the outline and text are in the pixels),
 //! Image Pixel (8-bit RGB, interleaved), SC Image, SOP Common. Explicit VR little endian.
 
-use super::sr::{self, SrError};
+use super::sr::{self, put_str, SrError};
 use crate::render::RgbImage;
 use crate::uid;
 use crate::volume::SeriesInfo;
@@ -54,15 +54,6 @@ impl KeyImageOptions {
             sop_instance_uid: None,
         }
     }
-}
-
-fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
-    let value = if value.is_empty() {
-        PrimitiveValue::Empty
-    } else {
-        PrimitiveValue::from(value.to_string())
-    };
-    obj.put(DataElement::new(tag, vr, value));
 }
 
 fn put_u16(obj: &mut InMemDicomObject, tag: Tag, value: u16) {
@@ -129,46 +120,7 @@ pub fn build_key_image(
         SECONDARY_CAPTURE_IMAGE_STORAGE,
     );
     put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_instance_uid);
-    // Patient
-    put_str(&mut obj, tags::PATIENT_NAME, VR::PN, &ps.patient_name);
-    put_str(&mut obj, tags::PATIENT_ID, VR::LO, &ps.patient_id);
-    put_str(
-        &mut obj,
-        tags::PATIENT_BIRTH_DATE,
-        VR::DA,
-        &ps.patient_birth_date,
-    );
-    put_str(&mut obj, tags::PATIENT_SEX, VR::CS, &ps.patient_sex);
-    // General Study
-    put_str(
-        &mut obj,
-        tags::STUDY_INSTANCE_UID,
-        VR::UI,
-        &series.study_uid,
-    );
-    put_str(&mut obj, tags::STUDY_DATE, VR::DA, &ps.study_date);
-    put_str(&mut obj, tags::STUDY_TIME, VR::TM, &ps.study_time);
-    put_str(
-        &mut obj,
-        tags::REFERRING_PHYSICIAN_NAME,
-        VR::PN,
-        &ps.referring_physician_name,
-    );
-    put_str(&mut obj, tags::STUDY_ID, VR::SH, &ps.study_id);
-    put_str(
-        &mut obj,
-        tags::ACCESSION_NUMBER,
-        VR::SH,
-        &ps.accession_number,
-    );
-    if !ps.study_description.is_empty() {
-        put_str(
-            &mut obj,
-            tags::STUDY_DESCRIPTION,
-            VR::LO,
-            &ps.study_description,
-        );
-    }
+    sr::put_patient_and_study(&mut obj, series);
     // General Series
     put_str(&mut obj, tags::MODALITY, VR::CS, "OT");
     put_str(

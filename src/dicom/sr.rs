@@ -184,7 +184,6 @@ pub fn build_sr(
         .uids
         .clone()
         .unwrap_or_else(|| (uid::generate(), uid::generate()));
-    let ps = &volume_series.patient_study;
 
     let mut obj = InMemDicomObject::new_empty();
     // SOP Common
@@ -204,46 +203,7 @@ pub fn build_sr(
         COMPREHENSIVE_3D_SR_STORAGE,
     );
     put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_instance_uid);
-    // Patient (Type 2: present even when empty)
-    put_str(&mut obj, tags::PATIENT_NAME, VR::PN, &ps.patient_name);
-    put_str(&mut obj, tags::PATIENT_ID, VR::LO, &ps.patient_id);
-    put_str(
-        &mut obj,
-        tags::PATIENT_BIRTH_DATE,
-        VR::DA,
-        &ps.patient_birth_date,
-    );
-    put_str(&mut obj, tags::PATIENT_SEX, VR::CS, &ps.patient_sex);
-    // General Study
-    put_str(
-        &mut obj,
-        tags::STUDY_INSTANCE_UID,
-        VR::UI,
-        &volume_series.study_uid,
-    );
-    put_str(&mut obj, tags::STUDY_DATE, VR::DA, &ps.study_date);
-    put_str(&mut obj, tags::STUDY_TIME, VR::TM, &ps.study_time);
-    put_str(
-        &mut obj,
-        tags::REFERRING_PHYSICIAN_NAME,
-        VR::PN,
-        &ps.referring_physician_name,
-    );
-    put_str(&mut obj, tags::STUDY_ID, VR::SH, &ps.study_id);
-    put_str(
-        &mut obj,
-        tags::ACCESSION_NUMBER,
-        VR::SH,
-        &ps.accession_number,
-    );
-    if !ps.study_description.is_empty() {
-        put_str(
-            &mut obj,
-            tags::STUDY_DESCRIPTION,
-            VR::LO,
-            &ps.study_description,
-        );
-    }
+    put_patient_and_study(&mut obj, volume_series);
     // SR Document Series
     put_str(&mut obj, tags::MODALITY, VR::CS, "SR");
     put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
@@ -847,7 +807,38 @@ fn region_graphic(
 // Content item builders
 // ---------------------------------------------------------------------------------------------
 
-fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
+/// The Patient and General Study modules of a derived object (SR, key image): copied from the
+/// source series so the object files into the CT's study. Patient attributes are Type 2 (present
+/// even when empty).
+pub(super) fn put_patient_and_study(obj: &mut InMemDicomObject, series: &SeriesInfo) {
+    let ps = &series.patient_study;
+    put_str(obj, tags::PATIENT_NAME, VR::PN, &ps.patient_name);
+    put_str(obj, tags::PATIENT_ID, VR::LO, &ps.patient_id);
+    put_str(
+        obj,
+        tags::PATIENT_BIRTH_DATE,
+        VR::DA,
+        &ps.patient_birth_date,
+    );
+    put_str(obj, tags::PATIENT_SEX, VR::CS, &ps.patient_sex);
+    put_str(obj, tags::STUDY_INSTANCE_UID, VR::UI, &series.study_uid);
+    put_str(obj, tags::STUDY_DATE, VR::DA, &ps.study_date);
+    put_str(obj, tags::STUDY_TIME, VR::TM, &ps.study_time);
+    put_str(
+        obj,
+        tags::REFERRING_PHYSICIAN_NAME,
+        VR::PN,
+        &ps.referring_physician_name,
+    );
+    put_str(obj, tags::STUDY_ID, VR::SH, &ps.study_id);
+    put_str(obj, tags::ACCESSION_NUMBER, VR::SH, &ps.accession_number);
+    if !ps.study_description.is_empty() {
+        put_str(obj, tags::STUDY_DESCRIPTION, VR::LO, &ps.study_description);
+    }
+}
+
+/// Puts a string attribute; an empty value is written as an empty (Type 2) element.
+pub(super) fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
     let value = if value.is_empty() {
         PrimitiveValue::Empty
     } else {

@@ -97,6 +97,26 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// Whether `shape` fits the declared input (fixed dimensions equal, free ones anything, none
+    /// zero): every engine checks it before running, so a bad shape is an error, not a crash.
+    pub fn check_input_shape(&self, shape: &[usize]) -> Result<(), EngineError> {
+        let declared = &self.input_shape;
+        let fits = shape.len() == declared.len()
+            && shape.iter().zip(declared).all(|(n, d)| match d {
+                Dim::Fixed(f) => f == n,
+                Dim::Free(_) => true,
+            });
+        if fits && shape.iter().all(|&n| n > 0) {
+            Ok(())
+        } else {
+            Err(EngineError::InputShape {
+                name: self.name.clone(),
+                got: shape.to_vec(),
+                declared: format_shape(declared),
+            })
+        }
+    }
+
     /// The `noduled.role` metadata property, if the file declares one.
     pub fn declared_role(&self) -> Option<&str> {
         self.metadata.get("noduled.role").map(String::as_str)

@@ -237,24 +237,6 @@ impl OrtModel {
             session: Mutex::new(session),
         })
     }
-
-    fn check_shape(&self, shape: &[usize]) -> Result<(), EngineError> {
-        let declared = &self.info.input_shape;
-        let fits = shape.len() == declared.len()
-            && shape.iter().zip(declared).all(|(n, d)| match d {
-                Dim::Fixed(f) => f == n,
-                Dim::Free(_) => true,
-            });
-        if fits && shape.iter().all(|&n| n > 0) {
-            Ok(())
-        } else {
-            Err(EngineError::InputShape {
-                name: self.info.name.clone(),
-                got: shape.to_vec(),
-                declared: super::format_shape(declared),
-            })
-        }
-    }
 }
 
 impl Model for OrtModel {
@@ -264,11 +246,11 @@ impl Model for OrtModel {
 
     fn prepare(&self, shape: &[usize]) -> Result<(), EngineError> {
         // onnxruntime plans at session creation; nothing is shape-specific to prepare.
-        self.check_shape(shape)
+        self.info.check_input_shape(shape)
     }
 
     fn run(&self, input: ArrayViewD<'_, f32>) -> Result<Outputs, EngineError> {
-        self.check_shape(input.shape())?;
+        self.info.check_input_shape(input.shape())?;
         let run_err = |message: String| EngineError::Run {
             name: self.info.name.clone(),
             message,

@@ -153,28 +153,10 @@ impl TractModel {
         })
     }
 
-    fn check_shape(&self, shape: &[usize]) -> Result<(), EngineError> {
-        let declared = &self.info.input_shape;
-        let fits = shape.len() == declared.len()
-            && shape.iter().zip(declared).all(|(n, d)| match d {
-                Dim::Fixed(f) => f == n,
-                Dim::Free(_) => true,
-            });
-        if fits && shape.iter().all(|&n| n > 0) {
-            Ok(())
-        } else {
-            Err(EngineError::InputShape {
-                name: self.info.name.clone(),
-                got: shape.to_vec(),
-                declared: super::format_shape(declared),
-            })
-        }
-    }
-
     /// The optimised plan for `shape`, built on first use. The lock is held while building, so
     /// threads asking for the same new shape wait for one optimisation instead of repeating it.
     fn plan(&self, shape: &[usize]) -> Result<Plan, EngineError> {
-        self.check_shape(shape)?;
+        self.info.check_input_shape(shape)?;
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(plan) = plans.get(shape) {
             return Ok(plan.clone());

@@ -144,25 +144,7 @@ fn run_job(
         store_key_images(context, uid, &generation, &analysis, &volume)?;
     }
     drop(volume);
-    let mut dataset = Vec::new();
-    report
-        .write_dataset_with_ts(&mut dataset, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|e| super::one_line(&e.to_string()))?;
-    let keys = keys_of_dataset(&report);
-    let sr_uid = keys
-        .get(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
-        .to_string();
-    let incoming = IncomingInstance {
-        sop_class_uid: keys
-            .get(dicom_dictionary_std::tags::SOP_CLASS_UID)
-            .to_string(),
-        sop_instance_uid: sr_uid.clone(),
-        transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.uid().to_string(),
-        keys,
-        kind: InstanceKind::Report,
-        dataset,
-    };
-    store.put_instance(incoming).map_err(|e| e.to_string())?;
+    let sr_uid = store_derived(store, &report)?;
     let mut superseded = None;
     store
         .update_series(uid, |s| {
@@ -204,6 +186,35 @@ fn run_job(
     Ok(())
 }
 
+/// Stores an object noduled made (SR, key image) like a received instance, in explicit VR little
+/// endian; returns its SOP Instance UID.
+fn store_derived(
+    store: &crate::store::Store,
+    object: &dicom_object::InMemDicomObject,
+) -> Result<String, String> {
+    let mut dataset = Vec::new();
+    object
+        .write_dataset_with_ts(&mut dataset, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .map_err(|e| super::one_line(&e.to_string()))?;
+    let keys = keys_of_dataset(object);
+    let sop_instance_uid = keys
+        .get(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+        .to_string();
+    store
+        .put_instance(IncomingInstance {
+            sop_class_uid: keys
+                .get(dicom_dictionary_std::tags::SOP_CLASS_UID)
+                .to_string(),
+            sop_instance_uid: sop_instance_uid.clone(),
+            transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.uid().to_string(),
+            keys,
+            kind: InstanceKind::Report,
+            dataset,
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(sop_instance_uid)
+}
+
 /// Stores one Secondary Capture key image per finding in a series of the CT's study, with UIDs
 /// derived from the source series and generation; images of an older generation are removed.
 fn store_key_images(
@@ -238,28 +249,7 @@ fn store_key_images(
         };
         let object = build_key_image(&image, &volume.series, slice, &description, &options)
             .map_err(|e| e.to_string())?;
-        let mut dataset = Vec::new();
-        object
-            .write_dataset_with_ts(&mut dataset, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
-            .map_err(|e| super::one_line(&e.to_string()))?;
-        let keys = keys_of_dataset(&object);
-        let sop = keys
-            .get(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
-            .to_string();
-        context
-            .store
-            .put_instance(IncomingInstance {
-                sop_class_uid: keys
-                    .get(dicom_dictionary_std::tags::SOP_CLASS_UID)
-                    .to_string(),
-                sop_instance_uid: sop.clone(),
-                transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.uid().to_string(),
-                keys,
-                kind: InstanceKind::Report,
-                dataset,
-            })
-            .map_err(|e| e.to_string())?;
-        current.push(sop);
+        current.push(store_derived(&context.store, &object)?);
     }
     for old in context
         .store

@@ -186,6 +186,29 @@ impl Daemon {
     }
 
     /// Runs a DCMTK tool against this daemon's port (appended last).
+    /// C-GET of one series with DCMTK `getscu` (calling AE PACS), instances written into `out`.
+    pub fn get_series(&self, study: &str, series: &str, out: &Path) -> Output {
+        std::fs::create_dir_all(out).unwrap();
+        self.dcmtk(
+            "getscu",
+            &[
+                "-S",
+                "-aet",
+                "PACS",
+                "-aec",
+                "NODULED",
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                &format!("StudyInstanceUID={study}"),
+                "-k",
+                &format!("SeriesInstanceUID={series}"),
+                "-od",
+                out.to_str().unwrap(),
+            ],
+        )
+    }
+
     pub fn dcmtk(&self, tool: &str, options: &[&str]) -> Output {
         self.dcmtk_with(tool, options, &[])
     }
