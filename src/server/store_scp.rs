@@ -211,7 +211,10 @@ pub fn check_declared_lengths(data: &[u8], explicit_vr: bool) -> Result<(), Stri
                     }
                 }
                 0xE0DD => in_fragments = false,
-                _ => {}
+                0xE000 | 0xE00D => {}
+                // Group FFFE holds only items and delimiters; the parser reads anything else as an
+                // element of the declared length (a 43-byte data set asked for 4 GB: cargo fuzz).
+                _ => return Err(format!("{tag} is neither an item nor a delimiter")),
             }
             continue;
         }
@@ -414,6 +417,19 @@ mod tests {
             assert!(error.contains("declares"), "{error}");
             assert!(check_declared_lengths(&good[..good.len() - 3], explicit).is_err());
         }
+    }
+
+    #[test]
+    fn a_group_fffe_tag_that_is_no_item_or_delimiter_is_refused() {
+        // The cargo fuzz find, implicit VR: (FFFE,FFF7) declaring 0xFFFE4158 bytes.
+        let data = [
+            0x08, 0x00, 0x05, 0x00, 0x02, 0x00, 0x00, 0x00, b'I', b'S', 0xFE, 0xFF, 0xF7, 0xFF,
+            0x58, 0x41, 0xFE, 0xFF, 0x00, 0x00,
+        ];
+        let error = check_declared_lengths(&data, false).unwrap_err();
+        assert!(error.contains("neither an item nor a delimiter"), "{error}");
+        let refused = validate(data.to_vec(), "1.2.840.10008.1.2", "", "").unwrap_err();
+        assert_eq!(refused.status, status::CANNOT_UNDERSTAND);
     }
 
     #[test]
