@@ -6,7 +6,8 @@
 //!    kernel regression can be told apart from a change in parallel scaling.
 //! 2. The whole pipeline per (case, engine, mode), each in its own child process so its peak RSS
 //!    (`VmHWM`) is its own: LIDC-IDRI-0001 (from `../shared`) and a 512×512×300 phantom; engines tract
-//!    and (with the feature) ort; modes `default` (body-region shortcut) and `exact`. Printed: seconds
+//!    and (with the feature) ort; modes `default` (lung-region tiles), `body` (body-region tiles)
+//!    and `exact`. Printed: seconds
 //!    per stage, candidates, findings, the GFLOP/s the stages achieve counted as *exact* work (U-Net
 //!    12.8 GFLOP per 512×512 slice, classifier 0.62 GFLOP per crop, so a shortcut shows as a higher
 //!    effective rate), and the total against the cores' fp32 peak (`NODULED_BENCH_PEAK_GFLOPS`,
@@ -14,10 +15,11 @@
 //!
 //! Environment: `NODULED_BENCH_THREADS` (default 2), `NODULED_BENCH_QUICK=1` (latencies only),
 //! `NODULED_BENCH_CASES` (`lidc,phantom`), `NODULED_BENCH_ENGINES` (`tract,ort`),
-//! `NODULED_BENCH_MODES` (`default,exact`), `NODULED_BENCH_REPEAT` (runs per row; the minimum is
+//! `NODULED_BENCH_MODES` (`default,body,exact`), `NODULED_BENCH_REPEAT` (runs per row; the minimum is
 //! shown: the machine is shared). Skips LIDC with a message when `../shared` is absent.
 
 use noduled::engine::{self, Engine, ModelRole};
+use noduled::pipeline::segment::SegmentRegions;
 use noduled::pipeline::{classify, segment, Models, Pipeline, PipelineOptions};
 use noduled::volume::Volume;
 use std::path::{Path, PathBuf};
@@ -116,24 +118,12 @@ fn child(spec: &str) {
         }
     };
     let rss_volume = peak_rss_kb().unwrap_or(0);
-    // The U-Net tiles the default mode runs: share of the padded slices' pixels, distinct shapes.
-    let (tile_fraction, tile_shapes) = if mode == "exact" {
-        (1.0, 1)
-    } else {
-        let [n, h, w] = volume.shape();
-        let regions = segment::body_regions(volume.hu.view());
-        let mut shapes = std::collections::BTreeSet::new();
-        let mut pixels = 0usize;
-        for region in regions.iter().flatten() {
-            let (_, rh) = segment::tile_span(&region.rows, h);
-            let (_, cw) = segment::tile_span(&region.cols, w);
-            shapes.insert((rh, cw));
-            pixels += rh * cw;
-        }
-        let whole = n * segment::padded_extent(h) * segment::padded_extent(w);
-        (pixels as f64 / whole as f64, shapes.len())
-    };
     let book = shared().join("models/book");
+    let regions = match mode {
+        "exact" => SegmentRegions::Whole,
+        "body" => SegmentRegions::Body,
+        _ => SegmentRegions::Lung,
+    };
     let pipeline = Pipeline::load_with_engine(
         engine_name,
         &book.join("seg_unet.onnx"),
@@ -142,9 +132,27 @@ fn child(spec: &str) {
         PipelineOptions {
             exact: mode == "exact",
             threads: threads(),
+            regions,
         },
     )
     .expect("pipeline loads");
+    // The U-Net tiles this mode runs: share of the padded slices' pixels, distinct shapes.
+    let (tile_fraction, tile_shapes) = match pipeline.segment_regions(&volume) {
+        None => (1.0, 1),
+        Some(regions) => {
+            let [n, h, w] = volume.shape();
+            let mut shapes = std::collections::BTreeSet::new();
+            let mut pixels = 0usize;
+            for region in regions.iter().flatten() {
+                let (_, rh) = segment::tile_span(&region.rows, h);
+                let (_, cw) = segment::tile_span(&region.cols, w);
+                shapes.insert((rh, cw));
+                pixels += rh * cw;
+            }
+            let whole = n * segment::padded_extent(h) * segment::padded_extent(w);
+            (pixels as f64 / whole as f64, shapes.len())
+        }
+    };
     let mut analysis = pipeline
         .analyze(&volume, &|_, _, _| {})
         .expect("pipeline runs");
@@ -286,7 +294,7 @@ fn main() {
             continue;
         }
         for engine_name in &engines {
-            for mode in env_list("NODULED_BENCH_MODES", "default,exact") {
+            for mode in env_list("NODULED_BENCH_MODES", "default,body,exact") {
                 let mut best: Option<serde_json::Value> = None;
                 for _ in 0..repeat {
                     let out = Command::new(&exe)

@@ -132,6 +132,7 @@ fn ort_pipeline_matches_the_reference_on_lidc_0001() {
         PipelineOptions {
             exact: true,
             threads: 2,
+            ..PipelineOptions::default()
         },
     )
     .expect("pipeline loads");

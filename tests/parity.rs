@@ -38,6 +38,7 @@ fn pipeline(shared: &Path) -> &'static Pipeline {
             PipelineOptions {
                 exact: true,
                 threads: 0,
+                ..PipelineOptions::default()
             },
         )
         .expect("book models load")

@@ -196,6 +196,7 @@ fn thin_small_volume_runs_end_to_end() {
         PipelineOptions {
             exact: true,
             threads: 2,
+            ..PipelineOptions::default()
         },
         engine.name(),
     )

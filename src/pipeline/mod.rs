@@ -104,6 +104,9 @@ pub struct PipelineOptions {
     pub exact: bool,
     /// Worker threads; 0 means one per available core.
     pub threads: usize,
+    /// Where the U-Net runs when not `exact` (default: around the lungs).
+    #[serde(default)]
+    pub regions: segment::SegmentRegions,
 }
 
 /// The models of one pipeline.
@@ -455,6 +458,22 @@ pub struct Segmented {
 }
 
 impl Pipeline {
+    /// The per-slice regions the U-Net runs on for `volume` ([`segment::SegmentRegions`]); `None`
+    /// for every pixel (`exact`, or [`segment::SegmentRegions::Whole`]).
+    pub fn segment_regions(&self, volume: &Volume) -> Option<Vec<Option<segment::Region>>> {
+        let hu = volume.hu.view();
+        match (self.options.exact, self.options.regions) {
+            (true, _) | (false, segment::SegmentRegions::Whole) => None,
+            (false, segment::SegmentRegions::Body) => Some(segment::body_regions(hu)),
+            (false, segment::SegmentRegions::Lung) => Some(segment::lung_regions(
+                &lung::LungMask::compute(volume),
+                &segment::body_regions(hu),
+                volume.geometry.spacing_xyz,
+                segment::LUNG_REGION_MARGIN_MM,
+            )),
+        }
+    }
+
     /// Step 1 of [`Pipeline::analyze`]: segmentation and grouping.
     pub fn segment_and_group(
         &self,
@@ -482,21 +501,20 @@ impl Pipeline {
         let hu = volume.hu.view();
 
         let t = Instant::now();
-        let probability = self.pool.install(|| {
-            if self.options.exact {
-                segment::segment(self.models.segmentation.as_ref(), hu, progress)
-            } else {
-                // Body-region shortcut (see `segment`): the U-Net runs on a tile around the body.
-                let regions = segment::body_regions(hu);
-                segment::segment_regions(self.models.segmentation.as_ref(), hu, &regions, progress)
-            }
+        // Thresholded slice by slice: the probabilities themselves are never kept.
+        let mask = self.pool.install(|| match self.segment_regions(volume) {
+            None => segment::segment_mask(self.models.segmentation.as_ref(), hu, progress),
+            Some(regions) => segment::segment_regions_mask(
+                self.models.segmentation.as_ref(),
+                hu,
+                &regions,
+                progress,
+            ),
         })?;
         let segment_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
         progress(Stage::Group, 0, 1);
-        let mask = group::threshold(probability.view());
-        drop(probability);
         let groups = group::group_mask(hu, mask.view());
         let mask_voxels: Vec<u32> = mask
             .iter()

@@ -20,10 +20,13 @@
 //! not run at all. Tile sizes are rounded up to multiples of [`TILE_STEP`] so a volume needs only a
 //! few shapes, each optimised once by the engine.
 
+use super::group::THRESHOLD;
+use super::lung::{LungMask, SliceBounds};
 use super::{PipelineError, Stage, CONTEXT_SLICES, HU_MAX, HU_MIN};
 use crate::engine::{EngineError, Model, Outputs};
 use ndarray::{s, Array3, Array4, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Ix4};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -117,6 +120,73 @@ pub fn body_regions(hu: ArrayView3<'_, f32>) -> Vec<Option<Region>> {
         .collect()
 }
 
+/// Where the U-Net runs outside `--exact` ([`super::PipelineOptions::regions`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegmentRegions {
+    /// Every pixel of every slice (what `--exact` does).
+    Whole,
+    /// A tile around the body ([`body_regions`]): the same candidates as `Whole`.
+    Body,
+    /// A tile around the lungs and [`LUNG_REGION_MARGIN_MM`] beyond ([`lung_regions`]), inside the
+    /// body's: the default. Candidates far from the lung are not found, and those are exactly
+    /// the ones the findings' false-positive reduction drops (`pipeline::reduce`: a finding must
+    /// come within 2 mm of the lung), so the reported findings stay those of `Whole`
+    /// (`tests/fast_vs_exact.rs`).
+    #[default]
+    Lung,
+}
+
+/// How far beyond the lung (mm, in-plane and along the slices) [`lung_regions`] reach: a nodule
+/// that touches the lung lies wholly within this of it (LUNA16's largest nodule is 32 mm across,
+/// and a juxtapleural one sits mostly inside the lung's outline), so its segmentation and its
+/// candidate are those of the whole slice.
+pub const LUNG_REGION_MARGIN_MM: f64 = 15.0;
+
+/// Per-slice regions around the lung: for slice `i`, the bounding box of the lung in the slices
+/// within `margin_mm` of it, grown by `margin_mm` in-plane and cut to the body's box
+/// (`body[i]`). A volume whose lung mask is empty (no lung found: a phantom without lungs, a
+/// failed mask) gets the body regions unchanged, so nothing is skipped on a guess.
+pub fn lung_regions(
+    lung: &LungMask,
+    body: &[Option<Region>],
+    spacing_xyz: [f64; 3],
+    margin_mm: f64,
+) -> Vec<Option<Region>> {
+    if lung.voxels() == 0 {
+        return body.to_vec();
+    }
+    let [n, h, w] = lung.shape();
+    let steps = |spacing: f64| (margin_mm / spacing.max(1e-6)).ceil() as usize;
+    let (reach, grow_rows, grow_cols) = (
+        steps(spacing_xyz[2]),
+        steps(spacing_xyz[1]),
+        steps(spacing_xyz[0]),
+    );
+    (0..n)
+        .map(|i| {
+            let body = body.get(i)?.as_ref()?;
+            let nearby = i.saturating_sub(reach)..(i + reach + 1).min(n);
+            let bounds =
+                nearby
+                    .filter_map(|j| lung.slice_bounds(j))
+                    .reduce(|a, b| SliceBounds {
+                        row_min: a.row_min.min(b.row_min),
+                        row_max: a.row_max.max(b.row_max),
+                        col_min: a.col_min.min(b.col_min),
+                        col_max: a.col_max.max(b.col_max),
+                    })?;
+            let rows =
+                bounds.row_min.saturating_sub(grow_rows)..(bounds.row_max + 1 + grow_rows).min(h);
+            let cols =
+                bounds.col_min.saturating_sub(grow_cols)..(bounds.col_max + 1 + grow_cols).min(w);
+            let rows = rows.start.max(body.rows.start)..rows.end.min(body.rows.end);
+            let cols = cols.start.max(body.cols.start)..cols.end.min(body.cols.end);
+            (!rows.is_empty() && !cols.is_empty()).then_some(Region { rows, cols })
+        })
+        .collect()
+}
+
 /// Rounds `n` up to a multiple of 4 (the U-Net's two 2× poolings).
 pub fn padded_extent(n: usize) -> usize {
     n.div_ceil(4) * 4
@@ -188,8 +258,35 @@ pub fn segment_regions(
     regions: &[Option<Region>],
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
 ) -> Result<Array3<f32>, PipelineError> {
+    run_regions(model, hu, regions, progress, |p| p)
+}
+
+/// [`segment_regions`] thresholded as it goes (`p > `[`THRESHOLD`]): the pipeline's path. One
+/// byte a voxel instead of four, so a 512×512×300 CT holds 79 MB of mask rather than 315 MB of
+/// probabilities while the U-Net's working memory is at its peak.
+pub fn segment_regions_mask(
+    model: &dyn Model,
+    hu: ArrayView3<'_, f32>,
+    regions: &[Option<Region>],
+    progress: &(dyn Fn(Stage, usize, usize) + Sync),
+) -> Result<Array3<bool>, PipelineError> {
+    run_regions(model, hu, regions, progress, |p| p > THRESHOLD)
+}
+
+/// The per-slice work of [`segment_regions`]: each tile's probability mapped by `keep` into the
+/// answer volume (zero-valued elsewhere).
+fn run_regions<T>(
+    model: &dyn Model,
+    hu: ArrayView3<'_, f32>,
+    regions: &[Option<Region>],
+    progress: &(dyn Fn(Stage, usize, usize) + Sync),
+    keep: impl Fn(f32) -> T + Sync,
+) -> Result<Array3<T>, PipelineError>
+where
+    T: Copy + Default + Send + Sync,
+{
     let [n, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
-    let mut probability = Array3::<f32>::zeros((n, h, w));
+    let mut answer = Array3::<T>::default((n, h, w));
     let wanted = |r: &Option<Region>| -> Option<Region> {
         r.as_ref()
             .map(|r| Region {
@@ -198,7 +295,7 @@ pub fn segment_regions(
             })
             .filter(|r| !r.rows.is_empty() && !r.cols.is_empty())
     };
-    let mut jobs: Vec<(usize, Region, ArrayViewMut2<'_, f32>)> = probability
+    let mut jobs: Vec<(usize, Region, ArrayViewMut2<'_, T>)> = answer
         .outer_iter_mut()
         .enumerate()
         .filter_map(|(i, plane)| {
@@ -219,10 +316,13 @@ pub fn segment_regions(
             let (rows, cols) = (region.rows.clone(), region.cols.clone());
             plane
                 .slice_mut(s![rows.clone(), cols.clone()])
-                .assign(&prob.slice(s![
-                    rows.start - r0..rows.end - r0,
-                    cols.start - c0..cols.end - c0
-                ]));
+                .zip_mut_with(
+                    &prob.slice(s![
+                        rows.start - r0..rows.end - r0,
+                        cols.start - c0..cols.end - c0
+                    ]),
+                    |a, &p| *a = keep(p),
+                );
             progress(
                 Stage::Segment,
                 done.fetch_add(1, Ordering::Relaxed) + 1,
@@ -231,7 +331,7 @@ pub fn segment_regions(
             Ok(())
         },
     )?;
-    Ok(probability)
+    Ok(answer)
 }
 
 /// The U-Net probability of every voxel, `[index, row, column]` like `hu`. Slices run in parallel
@@ -242,14 +342,35 @@ pub fn segment(
     hu: ArrayView3<'_, f32>,
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
 ) -> Result<Array3<f32>, PipelineError> {
+    run_slices(model, hu, progress, |p| p)
+}
+
+/// [`segment`] thresholded as it goes, like [`segment_regions_mask`].
+pub fn segment_mask(
+    model: &dyn Model,
+    hu: ArrayView3<'_, f32>,
+    progress: &(dyn Fn(Stage, usize, usize) + Sync),
+) -> Result<Array3<bool>, PipelineError> {
+    run_slices(model, hu, progress, |p| p > THRESHOLD)
+}
+
+fn run_slices<T>(
+    model: &dyn Model,
+    hu: ArrayView3<'_, f32>,
+    progress: &(dyn Fn(Stage, usize, usize) + Sync),
+    keep: impl Fn(f32) -> T + Sync,
+) -> Result<Array3<T>, PipelineError>
+where
+    T: Copy + Default + Send + Sync,
+{
     let [n, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
-    let mut probability = Array3::<f32>::zeros((n, h, w));
+    let mut answer = Array3::<T>::default((n, h, w));
     if n == 0 || h == 0 || w == 0 {
-        return Ok(probability);
+        return Ok(answer);
     }
     let done = AtomicUsize::new(0);
     progress(Stage::Segment, 0, n);
-    let mut planes: Vec<ArrayViewMut2<'_, f32>> = probability.outer_iter_mut().collect();
+    let mut planes: Vec<ArrayViewMut2<'_, T>> = answer.outer_iter_mut().collect();
     planes
         .par_iter_mut()
         .with_max_len(1)
@@ -257,23 +378,13 @@ pub fn segment(
         .try_for_each(|(index, plane)| -> Result<(), PipelineError> {
             let input = slice_input(hu, index);
             let outputs = model.run(input.view().into_dyn())?;
-            copy_plane(model, &outputs, plane)?;
+            let (ph, pw) = plane.dim();
+            let prob = output_plane(model, &outputs, [padded_extent(ph), padded_extent(pw)])?;
+            plane.zip_mut_with(&prob.slice(s![..ph, ..pw]), |a, &p| *a = keep(p));
             progress(Stage::Segment, done.fetch_add(1, Ordering::Relaxed) + 1, n);
             Ok(())
         })?;
-    Ok(probability)
-}
-
-/// Copies the top-left `h × w` of the `[1, 1, H', W']` output into `plane` (`h × w`).
-fn copy_plane(
-    model: &dyn Model,
-    outputs: &Outputs,
-    plane: &mut ArrayViewMut2<'_, f32>,
-) -> Result<(), PipelineError> {
-    let (h, w) = plane.dim();
-    let prob = output_plane(model, outputs, [padded_extent(h), padded_extent(w)])?;
-    plane.assign(&prob.slice(s![..h, ..w]));
-    Ok(())
+    Ok(answer)
 }
 
 /// The `[H, W]` plane of the model's `[1, 1, H, W]` probability output, checked against `size`.
@@ -392,5 +503,31 @@ mod tests {
         assert_eq!(regions[0], region(5..25, 10..40));
         assert_eq!(regions[1], region(5..35, 2..45));
         assert_eq!(regions[2], None);
+    }
+
+    #[test]
+    fn lung_regions_reach_the_margin_around_the_lung_inside_the_body() {
+        let region = |rows: Range<usize>, cols: Range<usize>| Some(Region { rows, cols });
+        // Lung in slices 3..=5, rows 20..30, columns 10..20; 1 mm pixels, 2 mm slices.
+        let mut mask = Array3::from_elem((10, 64, 64), false);
+        mask.slice_mut(s![3..6, 20..30, 10..20]).fill(true);
+        let lung = LungMask::from_parts(mask, [1.0, 1.0, 2.0]);
+        let mut body = vec![region(0..64, 0..64); 10];
+        body[4] = region(18..64, 0..64);
+        body[2] = None;
+        // 4 mm: 2 slices either way, 4 pixels in-plane.
+        let regions = lung_regions(&lung, &body, [1.0, 1.0, 2.0], 4.0);
+        assert_eq!(regions.len(), 10);
+        for i in [0, 8, 9] {
+            assert_eq!(regions[i], None, "slice {i} is beyond the lung's reach");
+        }
+        assert_eq!(regions[2], None, "no body, nothing to run");
+        for i in [1, 3, 5, 6, 7] {
+            assert_eq!(regions[i], region(16..34, 6..24), "slice {i}");
+        }
+        assert_eq!(regions[4], region(18..34, 6..24), "cut to the body");
+        // No lung found: the body regions, unchanged.
+        let empty = LungMask::from_parts(Array3::from_elem((10, 64, 64), false), [1.0; 3]);
+        assert_eq!(lung_regions(&empty, &body, [1.0; 3], 4.0), body);
     }
 }

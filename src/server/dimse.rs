@@ -121,7 +121,10 @@ impl Reassembler {
         let mut command_bytes: Vec<u8> = Vec::new();
         let mut command: Option<InMemDicomObject> = None;
         let mut expects_data = false;
-        let mut data: Vec<u8> = Vec::new();
+        // Data set fragments, joined once at the end: one allocation of the exact size instead of
+        // a growing buffer copied at every doubling.
+        let mut data: Vec<Vec<u8>> = Vec::new();
+        let mut data_len = 0usize;
         let mut oversized = false;
         let mut started = false;
         loop {
@@ -188,18 +191,26 @@ impl Reassembler {
                                 "data set fragment before its command".into(),
                             ));
                         }
-                        if !oversized && data.len() + fragment.len() > self.limit {
+                        if !oversized && data_len + fragment.len() > self.limit {
                             oversized = true;
                             data = Vec::new();
                         }
                         if !oversized {
-                            data.extend_from_slice(&fragment);
+                            data_len += fragment.len();
+                            data.push(fragment);
                         }
                         if is_last {
+                            let joined = (!oversized).then(|| {
+                                if data.len() == 1 {
+                                    data.pop().unwrap_or_default()
+                                } else {
+                                    data.concat()
+                                }
+                            });
                             return Ok(Event::Message(Box::new(Message {
                                 pc_id,
                                 command: command.take().unwrap_or_else(InMemDicomObject::new_empty),
-                                data: (!oversized).then_some(std::mem::take(&mut data)),
+                                data: joined,
                                 oversized,
                             })));
                         }
