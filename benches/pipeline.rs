@@ -17,6 +17,8 @@
 //! `NODULED_BENCH_CASES` (`lidc,phantom`), `NODULED_BENCH_ENGINES` (`tract,ort`),
 //! `NODULED_BENCH_MODES` (`default,body,exact`), `NODULED_BENCH_REPEAT` (runs per row; the minimum is
 //! shown: the machine is shared). Skips LIDC with a message when `../shared` is absent.
+//! `NODULED_BENCH_REFERENCE_PYTHON` (a Python with numpy, scipy, pydicom, onnxruntime) also runs
+//! `../shared/tools/reference_pipeline.py` on LIDC-IDRI-0001 in the same run, the yardstick.
 
 use noduled::engine::{self, Engine, ModelRole};
 use noduled::pipeline::segment::SegmentRegions;
@@ -351,5 +353,39 @@ fn main() {
                 reference["seconds"]
             );
         }
+    }
+    reference_in_this_run(threads);
+}
+
+/// The yardstick measured in this run: `../shared/tools/reference_pipeline.py` (the book's
+/// pipeline in Python with onnxruntime, whole slices) on LIDC-IDRI-0001, when
+/// `NODULED_BENCH_REFERENCE_PYTHON` names a Python with numpy, scipy, pydicom and onnxruntime.
+fn reference_in_this_run(threads: usize) {
+    let Some(python) = std::env::var_os("NODULED_BENCH_REFERENCE_PYTHON") else {
+        println!("reference pipeline in this run: skipped (set NODULED_BENCH_REFERENCE_PYTHON)");
+        return;
+    };
+    let case = shared().join("data/lidc/LIDC-IDRI-0001");
+    let json = std::env::temp_dir().join(format!(
+        "noduled-bench-reference-{}.json",
+        std::process::id()
+    ));
+    let status = Command::new(python)
+        .arg(shared().join("tools/reference_pipeline.py"))
+        .arg(&case)
+        .args(["--threads", &threads.to_string(), "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .status();
+    let seconds = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| v["seconds"].clone());
+    let _ = std::fs::remove_file(&json);
+    match (status, seconds) {
+        (Ok(s), Some(seconds)) if s.success() => println!(
+            "reference pipeline in this run (Python + onnxruntime, {threads} threads): {seconds}"
+        ),
+        (status, _) => println!("reference pipeline in this run: failed ({status:?})"),
     }
 }

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// Bump when grouping or the entry format changes meaning.
-pub const CACHE_VERSION: u32 = 2;
+/// Bump when grouping or the entry format changes meaning (3: default segmentation on lung-region
+/// tiles).
+pub const CACHE_VERSION: u32 = 3;
 
 /// A cache write that failed.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +135,7 @@ impl SegmentationCache {
             mask_voxels: entry.mask_voxels,
             segment_s: 0.0,
             group_s: 0.0,
+            lung: None,
         })
     }
 
@@ -211,6 +213,7 @@ mod tests {
             mask_voxels: vec![4, 5],
             segment_s: 1.5,
             group_s: 0.1,
+            lung: None,
         };
         cache.put("1.2.3", &k, &s).unwrap();
         let got = cache.get("1.2.3", &k).unwrap();

@@ -78,7 +78,7 @@ impl SliceBounds {
 }
 
 /// Which voxels are lung (see the module docs for how it is made and its limits).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LungMask {
     mask: Array3<bool>,
     /// (column, row, slice) spacing in mm, as [`crate::Geometry::spacing_xyz`].

@@ -455,22 +455,40 @@ pub struct Segmented {
     pub segment_s: f64,
     /// Seconds the grouping took (likewise).
     pub group_s: f64,
+    /// The lung mask, when this step needed it (lung-region tiles); step 2 computes it otherwise.
+    pub lung: Option<Arc<lung::LungMask>>,
 }
 
 impl Pipeline {
     /// The per-slice regions the U-Net runs on for `volume` ([`segment::SegmentRegions`]); `None`
     /// for every pixel (`exact`, or [`segment::SegmentRegions::Whole`]).
     pub fn segment_regions(&self, volume: &Volume) -> Option<Vec<Option<segment::Region>>> {
+        let lung = self
+            .lung_regions_on()
+            .then(|| lung::LungMask::compute(volume));
+        self.regions_for(volume, lung.as_ref())
+    }
+
+    /// Whether the lung-region shortcut is on (then candidates are cut to the lung's reach too).
+    fn lung_regions_on(&self) -> bool {
+        !self.options.exact && self.options.regions == segment::SegmentRegions::Lung
+    }
+
+    fn regions_for(
+        &self,
+        volume: &Volume,
+        lung: Option<&lung::LungMask>,
+    ) -> Option<Vec<Option<segment::Region>>> {
         let hu = volume.hu.view();
-        match (self.options.exact, self.options.regions) {
-            (true, _) | (false, segment::SegmentRegions::Whole) => None,
-            (false, segment::SegmentRegions::Body) => Some(segment::body_regions(hu)),
-            (false, segment::SegmentRegions::Lung) => Some(segment::lung_regions(
-                &lung::LungMask::compute(volume),
+        match (self.options.exact, self.options.regions, lung) {
+            (true, _, _) | (false, segment::SegmentRegions::Whole, _) => None,
+            (false, segment::SegmentRegions::Lung, Some(lung)) => Some(segment::lung_regions(
+                lung,
                 &segment::body_regions(hu),
                 volume.geometry.spacing_xyz,
                 segment::LUNG_REGION_MARGIN_MM,
             )),
+            (false, _, _) => Some(segment::body_regions(hu)),
         }
     }
 
@@ -502,15 +520,20 @@ impl Pipeline {
 
         let t = Instant::now();
         // Thresholded slice by slice: the probabilities themselves are never kept.
-        let mask = self.pool.install(|| match self.segment_regions(volume) {
-            None => segment::segment_mask(self.models.segmentation.as_ref(), hu, progress),
-            Some(regions) => segment::segment_regions_mask(
-                self.models.segmentation.as_ref(),
-                hu,
-                &regions,
-                progress,
-            ),
-        })?;
+        let lung = self
+            .lung_regions_on()
+            .then(|| Arc::new(lung::LungMask::compute(volume)));
+        let mask = self
+            .pool
+            .install(|| match self.regions_for(volume, lung.as_deref()) {
+                None => segment::segment_mask(self.models.segmentation.as_ref(), hu, progress),
+                Some(regions) => segment::segment_regions_mask(
+                    self.models.segmentation.as_ref(),
+                    hu,
+                    &regions,
+                    progress,
+                ),
+            })?;
         let segment_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -529,6 +552,7 @@ impl Pipeline {
             mask_voxels,
             segment_s,
             group_s,
+            lung,
         })
     }
 
@@ -546,7 +570,26 @@ impl Pipeline {
         }
         let hu = volume.hu.view();
         let geometry = &volume.geometry;
-        let groups = &segmented.groups;
+        let t = Instant::now();
+        let lung = match &segmented.lung {
+            Some(lung) => Arc::clone(lung),
+            None => Arc::new(lung::LungMask::compute(volume)),
+        };
+        tracing::debug!(
+            seconds = t.elapsed().as_secs_f64(),
+            lung_ml = lung.volume_ml(),
+            "lung mask"
+        );
+        // With lung-region tiles, candidates beyond the tiles' reach of the lung (the
+        // mediastinum's middle, say) are not classified: no finding can come of them (one must
+        // come within 2 mm of the lung, `reduce`), and the classifier is the second-costliest step.
+        let reach =
+            (self.lung_regions_on() && lung.voxels() > 0).then_some(segment::LUNG_REGION_MARGIN_MM);
+        let groups: Vec<&group::Group> = segmented
+            .groups
+            .iter()
+            .filter(|g| reach.is_none_or(|mm| lung.distance_mm(g.center_irc, mm).is_some()))
+            .collect();
         let (segment_s, group_s) = (segmented.segment_s, segmented.group_s);
         let mut mask = ndarray::Array3::from_elem(shape, false);
         if let Some(flat) = mask.as_slice_mut() {
@@ -634,13 +677,6 @@ impl Pipeline {
                 }
             })
             .collect();
-        let t = Instant::now();
-        let lung = lung::LungMask::compute(volume);
-        tracing::debug!(
-            seconds = t.elapsed().as_secs_f64(),
-            lung_ml = lung.volume_ml(),
-            "lung mask"
-        );
         let (findings, suppressed) = if self.options.exact {
             let measured = reduce::measure_all(
                 hu,

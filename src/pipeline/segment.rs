@@ -39,7 +39,7 @@ pub const OUTPUT: &str = "nodule_probability";
 pub const TILE_MARGIN: usize = 32;
 
 /// Tile heights and widths are multiples of this (fewer distinct shapes, fewer optimised plans).
-pub const TILE_STEP: usize = 64;
+pub const TILE_STEP: usize = 32;
 
 /// The rows and columns of one slice where the segmentation is wanted (half-open ranges).
 #[derive(Debug, Clone, PartialEq, Eq)]
