@@ -15,6 +15,8 @@ ONNX opset 17, with `metadata_props`: `noduled.role`, `noduled.train_series` and
 (JSON, validation metrics; `metric_series` lists the series they were computed on),
 `noduled.input` (shape, HU clamp), `noduled.source` (data set, synthetic or not, code revision,
 manifest SHA-256, seed). A missing run file is skipped with a message (malignancy is optional).
+A run whose recipe says `flip_average` (finetune_malignancy.py --flip-average) is exported with the
+8-flip average inside the graph (models.FlipAveraged), as it was validated.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import onnx
 import torch
 
 import common
-from models import NoduleNet, SegUNet
+from models import FlipAveraged, NoduleNet, SegUNet
 
 OPSET = 17
 
@@ -137,6 +139,8 @@ def main(argv=None) -> int:
         file = out / ROLES[role][0]
         model = SegUNet() if role == "segmentation" else NoduleNet()
         model.load_state_dict(torch.load(state, map_location="cpu"))
+        if run.get("recipe", {}).get("flip_average"):
+            model = FlipAveraged(model)  # validated that way (finetune_malignancy.py --flip-average)
         to_onnx(model, role, file, metadata(role, run, source))
         print(f"{file}: {file.stat().st_size} bytes, sha256 {sha256(file)}")
     return 0

@@ -9,6 +9,11 @@ Validation: ROC AUC on the val series' nodules, next to the **diameter baseline*
 nodules (the book's: a larger annotated diameter means more likely malignant; any increasing
 function of the diameter such as noduled's logistic has the same AUC). Writes DIR/malignancy.pt and
 DIR/malignancy.metrics.json.
+
+Options of the later attempts (models/README.md, "Malignancy attempts"): `--candidate-centres` also
+trains on crops centred where the detector's candidates (candidates.csv) hit a train nodule, as
+noduled crops them, and validates there too; `--cosine` decays the learning rate; `--flip-average`
+validates the model averaged over the crop's 8 flips, and export.py then exports it that way.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 
 import common
-from models import NoduleNet
+from models import FlipAveraged, NoduleNet
 from train_cls import cut, open_inputs, predict, train_balanced
 
 BLOCKS = ("block4", "block3", "block2", "block1")
@@ -34,6 +39,27 @@ def labelled(ds, cache, uids):
         ct = cache.get(uid)
         out += [(uid, ct.xyz_to_irc(n.xyz), bool(n.malignant), n.diameter_mm)
                 for n in ds.nodules_of(uid) if n.malignant is not None]
+    return out
+
+
+def candidate_views(ds, cache, uids, reach: float = 0.7):
+    """[(uid, irc, malignant, diameter_mm)] centred where the detector put them: every candidate of
+    `candidates.csv` within `reach` × diameter of a labelled nodule (noduled eval's matching rule),
+    labelled as its nearest such nodule. noduled crops around the candidate centre, not the
+    annotation, and a U-Net component's HU-weighted centre can sit millimetres off (a nodule on a
+    vessel or the pleura), so these are the views the model is asked about in the pipeline."""
+    out = []
+    for uid in uids:
+        ct = cache.get(uid)
+        nodules = [n for n in ds.nodules_of(uid) if n.malignant is not None]
+        if not nodules:
+            continue
+        for c in ds.candidates_of(uid):
+            dist = [np.linalg.norm(np.subtract(c.xyz, n.xyz)) / n.diameter_mm for n in nodules]
+            k = int(np.argmin(dist))
+            if dist[k] <= reach:
+                n = nodules[k]
+                out.append((uid, ct.xyz_to_irc(c.xyz), bool(n.malignant), n.diameter_mm))
     return out
 
 
@@ -115,6 +141,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--views", type=int, default=8, help="augmented crops per nodule (--train-blocks 0)")
     ap.add_argument("--head-steps", type=int, default=500, help="head fitting steps (--train-blocks 0)")
+    ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to 0 over the run")
+    ap.add_argument("--flip-average", action="store_true",
+                    help="validate (and have export.py export) the model averaged over the 8 flips of the crop")
+    ap.add_argument("--report-every", type=int, default=0,
+                    help="print the val AUC every N epochs (progress only; the result is the last epoch)")
+    ap.add_argument("--candidate-centres", action="store_true",
+                    help="also train on crops centred on the candidates.csv points that match a train "
+                         "nodule (within 0.7 x its diameter), as noduled crops them")
     a = ap.parse_args(argv)
     common.seed_everything(a.seed, common.threads())
     rng = np.random.default_rng(a.seed)
@@ -122,6 +156,9 @@ def main(argv=None) -> int:
     train, val = man.series("train"), man.series("val")
     cache = common.CtCache(ds)
     entries = labelled(ds, cache, train)
+    annotated = len(entries)
+    if a.candidate_centres:
+        entries += candidate_views(ds, cache, train)
     model, params = build(torch.load(a.nodule, map_location="cpu"), a.train_blocks)
     nodule_info = pathlib.Path(a.nodule).with_suffix(".metrics.json")
     pretrained = common.read_json(nodule_info).get("pretrained") if nodule_info.is_file() else None
@@ -130,20 +167,41 @@ def main(argv=None) -> int:
     if a.train_blocks == 0:
         history = fit_head_on_features(model, cache, entries, rng, a.views, a.head_steps, a.lr)
     else:
+        val_now = labelled(ds, cache, val)
+
+        def report(epoch):
+            if a.report_every and val_now and epoch % a.report_every == 0:
+                now = FlipAveraged(model) if a.flip_average else model
+                auc = common.roc_auc(predict(now, cache, val_now), [e[2] for e in val_now])
+                print(f"malignancy epoch {epoch}: val AUC {auc:.4f}", flush=True)
+
         history = train_balanced(model, params, cache, entries, [e[2] for e in entries], a.epochs,
-                                 a.samples, a.batch, a.lr, rng, "malignancy")
+                                 a.samples, a.batch, a.lr, rng, "malignancy", cosine=a.cosine,
+                                 on_epoch=report)
     val_entries = labelled(ds, cache, val)
+    scorer = FlipAveraged(model) if a.flip_average else model
     metrics = {"train_loss": history, "epochs": a.epochs if a.train_blocks else None,
                "head_fit": {"views": a.views, "steps": a.head_steps} if a.train_blocks == 0 else None,
                "train_blocks": a.train_blocks,
-               "train_nodules": len(entries), "train_malignant": int(sum(e[2] for e in entries))}
+               "train_nodules": annotated, "train_views": len(entries),
+               "candidate_centres": a.candidate_centres, "flip_average": a.flip_average,
+               "train_malignant": int(sum(e[2] for e in entries[:annotated]))}
     if val_entries:
-        p = predict(model, cache, val_entries)
+        p = predict(scorer, cache, val_entries)
         y = np.array([e[2] for e in val_entries])
         d = np.array([e[3] for e in val_entries])
         metrics.update({"auc": common.roc_auc(p, y), "diameter_baseline_auc": common.roc_auc(d, y),
                         "accuracy": float(np.mean((p > 0.5) == y)),
                         "val_nodules": len(val_entries), "val_malignant": int(y.sum())})
+        # the same nodules seen from the detector's candidate centres (as noduled eval crops them)
+        seen = candidate_views(ds, cache, val)
+        if seen:
+            pc = predict(scorer, cache, seen)
+            yc = np.array([e[2] for e in seen])
+            dc = np.array([e[3] for e in seen])
+            metrics.update({"auc_candidate_centres": common.roc_auc(pc, yc),
+                            "diameter_baseline_auc_candidate_centres": common.roc_auc(dc, yc),
+                            "val_candidate_views": len(seen)})
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["metric_series"] = sorted({e[0] for e in val_entries})
     print(f"malignancy validation: { {k: v for k, v in metrics.items() if k != 'metric_series'} }", flush=True)
@@ -156,7 +214,10 @@ def main(argv=None) -> int:
         "dataset_root": str(ds.root), "dataset_layout": ds.layout, "pretrained": pretrained,
         "recipe": {"from": "nodule classifier", "new_head": "head_linear 1152 -> 2",
                    "trained": ["head_linear", *BLOCKS[:a.train_blocks]], "sampling": "balanced 1:1",
-                   "optimizer": f"Adam lr={a.lr}", "batch": a.batch}})
+                   "optimizer": f"Adam lr={a.lr}" + (", cosine decay" if a.cosine else ""),
+                   "batch": a.batch, "epochs": a.epochs if a.train_blocks else None,
+                   "samples_per_epoch": a.samples if a.train_blocks else None,
+                   "candidate_centres": a.candidate_centres, "flip_average": a.flip_average}})
     return 0
 
 

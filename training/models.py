@@ -113,3 +113,20 @@ def load_state(path):
     saved = torch.load(path, map_location="cpu", weights_only=False)
     state = saved["model_state"] if "model_state" in saved else saved
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+class FlipAveraged(nn.Module):
+    """A NoduleNet whose answer is averaged over the 8 flips of the crop's three axes (test-time
+    augmentation, inside the exported graph, so noduled needs nothing new): probabilities are the
+    mean of the 8 softmaxes, logits their log (softmax(logits) = probabilities). Same input and
+    outputs as NoduleNet; the state dict is the wrapped net's under `net.`."""
+
+    FLIPS = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+    def __init__(self, net: NoduleNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        p = torch.stack([self.net(torch.flip(x, f) if f else x)[1] for f in self.FLIPS]).mean(0)
+        return torch.log(p), p

@@ -75,8 +75,11 @@ def predict(model, cache, entries, batch=32) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def train_balanced(model, params, cache, entries, labels, epochs, samples, batch, lr, rng, tag):
-    """Adam on cross-entropy with batches half positive, half negative; returns the mean losses."""
+def train_balanced(model, params, cache, entries, labels, epochs, samples, batch, lr, rng, tag,
+                   cosine=False, on_epoch=None):
+    """Adam on cross-entropy with batches half positive, half negative; returns the mean losses.
+    `cosine`: the learning rate decays from `lr` to 0 along a cosine over all steps. `on_epoch(epoch)`
+    is called after each epoch (progress reports; it must leave the model in training mode)."""
     pos = [e for e, y in zip(entries, labels) if y]
     neg = [e for e, y in zip(entries, labels) if not y]
     if not pos or not neg:
@@ -84,12 +87,14 @@ def train_balanced(model, params, cache, entries, labels, epochs, samples, batch
     # channels-last 3D convolutions are about 4x faster on CPU than the default layout
     model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(params, lr=lr)
+    steps_per_epoch = max(samples // batch, 1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if cosine else None
     loss_fn = torch.nn.CrossEntropyLoss()
     history, started = [], time.time()
     model.train()
     for epoch in range(epochs):
         losses = []
-        for _ in range(max(samples // batch, 1)):
+        for _ in range(steps_per_epoch):
             chosen = [pos[int(rng.integers(len(pos)))] if k % 2 == 0 else neg[int(rng.integers(len(neg)))]
                       for k in range(batch)]
             x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng) for e in chosen]))
@@ -99,10 +104,14 @@ def train_balanced(model, params, cache, entries, labels, epochs, samples, batch
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             losses.append(loss.item())
         history.append(float(np.mean(losses)))
         print(f"{tag} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.time() - started:.0f} s)",
               flush=True)
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return history
 
 

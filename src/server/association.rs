@@ -240,6 +240,7 @@ async fn run<S: Transport>(
             context: context.clone(),
             series_sent: Vec::new(),
             peer_ae,
+            spool_slot: None,
         };
         let outcome = session.run().await;
         for series in &session.series_sent {
@@ -270,6 +271,8 @@ pub struct Session<S: Transport> {
     /// Series this association stored into (they are not complete while it is open).
     pub series_sent: Vec<String>,
     pub peer_ae: String,
+    /// A spool file made ahead for this association's next instance (see `store::SpoolSlot`).
+    pub spool_slot: Option<crate::store::SpoolSlot>,
 }
 
 trait PeerTitle {

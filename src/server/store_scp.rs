@@ -10,7 +10,10 @@
 use super::association::{sop, Session, Transport};
 use super::dimse::{self, command, status, DimseError, Message};
 use crate::dicom::instance::{read_object, ReadOutcome};
-use crate::store::{keys_of_dataset, IncomingInstance, InstanceKind, PutOutcome, StoreError};
+use crate::store::{
+    keys_of_dataset, IncomingInstance, InstanceKind, InstanceRecord, PutOutcome, SpoolSlot,
+    StoreError, Written,
+};
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
@@ -371,12 +374,28 @@ fn check_ct_pixels(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), 
     }
 }
 
-/// Stores a validated instance, mapping store errors to statuses. Runs the blocking fsync work
-/// off the async runtime.
+/// Stores a validated instance (both halves of [`Store::put_instance`]), mapping store errors to
+/// statuses.
 pub async fn store(
     context: &super::Context,
     incoming: IncomingInstance,
 ) -> Result<PutOutcome, Refused> {
+    match write(context, incoming, None).await?.0 {
+        Written::Duplicate => Ok(PutOutcome::Duplicate),
+        Written::New(record) => index(context, record)
+            .await
+            .map_err(|e| refuse(status::OUT_OF_RESOURCES, e)),
+    }
+}
+
+/// The durable half of storing ([`Store::write_instance_in`], into `slot` when there is one):
+/// after it, Success may be answered. Refuses past the series cap. Runs the blocking fsync work
+/// off the async runtime. Gives back the slot when it was not used.
+async fn write(
+    context: &super::Context,
+    incoming: IncomingInstance,
+    mut slot: Option<SpoolSlot>,
+) -> Result<(Written, Option<SpoolSlot>), Refused> {
     let series_uid = incoming.keys.series_uid().to_string();
     if incoming.kind == InstanceKind::Image {
         if let Ok(Some(series)) = context.store.series(&series_uid) {
@@ -400,14 +419,26 @@ pub async fn store(
         }
     }
     let store = context.store.clone();
-    let outcome = tokio::task::spawn_blocking(move || store.put_instance(incoming))
-        .await
-        .map_err(|e| refuse(status::OUT_OF_RESOURCES, e.to_string()))?;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let written = store.write_instance_in(incoming, Some(&mut slot));
+        written.map(|w| (w, slot))
+    })
+    .await
+    .map_err(|e| refuse(status::OUT_OF_RESOURCES, e.to_string()))?;
     outcome.map_err(|e| match e {
         StoreError::DiskFull { .. } => refuse(status::OUT_OF_RESOURCES, e.to_string()),
         StoreError::Invalid(_) => refuse(status::DATASET_MISMATCH, e.to_string()),
         other => refuse(status::OUT_OF_RESOURCES, other.to_string()),
     })
+}
+
+/// The index half ([`Store::index_instance`]) of a written instance.
+async fn index(context: &super::Context, record: InstanceRecord) -> Result<PutOutcome, String> {
+    let store = context.store.clone();
+    tokio::task::spawn_blocking(move || store.index_instance(&record))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Handles one C-STORE-RQ.
@@ -444,22 +475,21 @@ pub async fn handle<S: Transport>(
                         session.context.begin_sending(&series);
                         session.series_sent.push(series);
                     }
-                    store(&session.context, incoming).await
+                    {
+                        let slot = session.spool_slot.take();
+                        write(&session.context, incoming, slot)
+                            .await
+                            .map(|(written, slot)| {
+                                session.spool_slot = slot;
+                                written
+                            })
+                    }
                 }
             },
         },
     };
     let code = match &result {
-        Ok(PutOutcome::Stored) => {
-            tracing::debug!(sop_instance_uid = %instance, "stored");
-            session.context.metrics.instance("stored");
-            status::SUCCESS
-        }
-        Ok(PutOutcome::Duplicate) => {
-            tracing::debug!(sop_instance_uid = %instance, "already stored");
-            session.context.metrics.instance("duplicate");
-            status::SUCCESS
-        }
+        Ok(_) => status::SUCCESS,
         Err(refused) => {
             tracing::warn!(
                 sop_instance_uid = %instance,
@@ -471,8 +501,51 @@ pub async fn handle<S: Transport>(
             refused.status
         }
     };
+    // Success once the file is durable; the index is updated while the sender sends on (this
+    // association reads its next message only after), which takes sled's latency off each
+    // instance's round trip.
     let rsp = dimse::response(&message, command::C_STORE_RSP, code).encode();
-    session.send_command(message.pc_id, rsp).await
+    let sent = session.send_command(message.pc_id, rsp).await;
+    // One trip to the blocking pool: index what was written, and make the spool file for the
+    // next instance, which the sender is sending meanwhile. (Leaving it running while the next
+    // message is read measured no faster: the two then compete for the same two cores.)
+    let store = session.context.store.clone();
+    let want_slot = session.spool_slot.is_none();
+    let (outcome, slot) = tokio::task::spawn_blocking(move || {
+        let outcome = match result {
+            Err(_) => None,
+            Ok(Written::Duplicate) => Some(Ok(PutOutcome::Duplicate)),
+            Ok(Written::New(record)) => {
+                Some(store.index_instance(&record).map_err(|e| e.to_string()))
+            }
+        };
+        (
+            outcome,
+            want_slot.then(|| store.prepare_slot().ok()).flatten(),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| (Some(Err(e.to_string())), None));
+    if want_slot {
+        session.spool_slot = slot;
+    }
+    match outcome {
+        None => {}
+        Some(Ok(PutOutcome::Stored)) => {
+            tracing::debug!(sop_instance_uid = %instance, "stored");
+            session.context.metrics.instance("stored");
+        }
+        Some(Ok(PutOutcome::Duplicate)) => {
+            tracing::debug!(sop_instance_uid = %instance, "already stored");
+            session.context.metrics.instance("duplicate");
+        }
+        Some(Err(error)) => tracing::error!(
+            sop_instance_uid = %instance,
+            %error,
+            "stored file not indexed (the next start indexes it)"
+        ),
+    }
+    sent
 }
 
 #[cfg(test)]

@@ -66,6 +66,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// What [`Store::write_instance`] did.
+#[derive(Debug)]
+pub enum Written {
+    /// The SOP Instance UID is already stored; nothing written.
+    Duplicate,
+    /// The file is durable; this record still has to be indexed.
+    New(InstanceRecord),
+}
+
+/// A file created in the spool ahead of the instance it will hold ([`Store::prepare_slot`]).
+/// Creating a file costs about as much as fsyncing it here (ext4 inode allocation), so the
+/// C-STORE SCP creates the next one while the sender is still sending the next instance. An unused
+/// slot is removed when dropped; one a crash leaves behind is removed at the next start.
+#[derive(Debug)]
+pub struct SpoolSlot {
+    path: PathBuf,
+    file: File,
+    /// Renamed into place: nothing to remove.
+    used: bool,
+}
+
+impl Drop for SpoolSlot {
+    fn drop(&mut self) {
+        if !self.used {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Spool subfolder of [`SpoolSlot`]s (series folders are named by UIDs: digits, dots, `_`).
+const SLOTS: &str = ".incoming";
+
 /// What [`Store::put_instance`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -157,9 +189,46 @@ impl Store {
         Ok(())
     }
 
+    /// Creates an empty spool file for a coming instance (see [`SpoolSlot`]).
+    pub fn prepare_slot(&self) -> Result<SpoolSlot, StoreError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = self.spool.join(SLOTS);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{}-{n}.tmp", std::process::id()));
+        let file = File::create(&path).map_err(io(&path))?;
+        Ok(SpoolSlot {
+            path,
+            file,
+            used: false,
+        })
+    }
+
     /// Stores an instance durably (file and folder fsynced, then indexed) unless its SOP Instance UID is
     /// already stored. A new image instance puts its series back to `Receiving`.
     pub fn put_instance(&self, incoming: IncomingInstance) -> Result<PutOutcome, StoreError> {
+        match self.write_instance(incoming)? {
+            Written::Duplicate => Ok(PutOutcome::Duplicate),
+            Written::New(record) => self.index_instance(&record),
+        }
+    }
+
+    /// The first half of [`Store::put_instance`]: the durable part. Writes the instance's spool
+    /// file (temp file, fsync, rename, folder fsync) unless its SOP Instance UID is already
+    /// indexed, and returns the record [`Store::index_instance`] then indexes. Once this returns,
+    /// the instance survives a crash (a spool file the index does not know is indexed at the next
+    /// start), so the C-STORE SCP answers Success here and indexes while the sender sends on.
+    pub fn write_instance(&self, incoming: IncomingInstance) -> Result<Written, StoreError> {
+        self.write_instance_in(incoming, None)
+    }
+
+    /// [`Store::write_instance`] into a file made ahead by [`Store::prepare_slot`] (used up
+    /// only when the instance is written; a duplicate leaves it for the next).
+    pub fn write_instance_in(
+        &self,
+        incoming: IncomingInstance,
+        slot: Option<&mut Option<SpoolSlot>>,
+    ) -> Result<Written, StoreError> {
         let uid = incoming.sop_instance_uid.clone();
         if uid.is_empty() || incoming.keys.series_uid().is_empty() {
             return Err(StoreError::Invalid(
@@ -167,14 +236,14 @@ impl Store {
             ));
         }
         if self.instances.contains_key(uid.as_bytes())? {
-            return Ok(PutOutcome::Duplicate);
+            return Ok(Written::Duplicate);
         }
         self.check_space()?;
         let series_uid = incoming.keys.series_uid().to_string();
         let dir = self.series_dir(&series_uid);
         let path = dir.join(format!("{}.dcm", safe_name(&uid)));
-        write_part10(&path, &incoming)?;
-        let record = InstanceRecord {
+        write_part10(&path, &incoming, slot.and_then(Option::take))?;
+        Ok(Written::New(InstanceRecord {
             sop_instance_uid: uid,
             sop_class_uid: incoming.sop_class_uid,
             transfer_syntax: incoming.transfer_syntax,
@@ -187,12 +256,16 @@ impl Store {
             received_unix: now_unix(),
             kind: incoming.kind,
             keys: incoming.keys,
-        };
-        // No index flush here: the fsynced spool file is the durable copy, and [`Store::open`]
-        // indexes any spool file the index lost (a power cut before sled's own periodic flush).
-        // Flushing sled too cost a third sync per instance.
-        let stored = self.index(&record)?;
-        Ok(if stored {
+        }))
+    }
+
+    /// The second half of [`Store::put_instance`]: indexes a record [`Store::write_instance`]
+    /// returned (`Duplicate` when a concurrent sender indexed the same SOP Instance UID first).
+    /// No index flush: the fsynced spool file is the durable copy, and [`Store::open`] indexes any
+    /// spool file the index lost (a power cut before sled's own periodic flush); flushing sled too
+    /// cost a third sync per instance.
+    pub fn index_instance(&self, record: &InstanceRecord) -> Result<PutOutcome, StoreError> {
+        Ok(if self.index(record)? {
             PutOutcome::Stored
         } else {
             PutOutcome::Duplicate
@@ -586,8 +659,12 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(out)
 }
 
-/// Writes a DICOM Part 10 file durably: temp file, fsync, rename, fsync of the folder.
-fn write_part10(path: &Path, incoming: &IncomingInstance) -> Result<(), StoreError> {
+/// Writes a DICOM Part 10 file durably: temp file (or `slot`), fsync, rename, fsync of the folder.
+fn write_part10(
+    path: &Path,
+    incoming: &IncomingInstance,
+    slot: Option<SpoolSlot>,
+) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
     let meta = FileMetaTableBuilder::new()
@@ -598,8 +675,18 @@ fn write_part10(path: &Path, incoming: &IncomingInstance) -> Result<(), StoreErr
         .implementation_version_name(crate::uid::IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    let tmp = match &slot {
+        Some(slot) => slot.path.clone(),
+        None => path.with_extension("tmp"),
+    };
+    let created;
+    let mut file: &File = match &slot {
+        Some(slot) => &slot.file,
+        None => {
+            created = File::create(&tmp).map_err(io(&tmp))?;
+            &created
+        }
+    };
     let mut head = vec![0u8; 128];
     head.extend_from_slice(b"DICM");
     meta.write(&mut head)
@@ -616,8 +703,10 @@ fn write_part10(path: &Path, incoming: &IncomingInstance) -> Result<(), StoreErr
         }
     }
     file.sync_data().map_err(io(&tmp))?;
-    drop(file);
     fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(mut slot) = slot {
+        slot.used = true;
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;

@@ -110,7 +110,7 @@ fn unindexed_spool_file_is_recovered_at_open() {
     };
     // A crash after the file was written but before it was indexed:
     let path = store.series_dir("1.2.3.0").join("1.2.3.0.1.dcm");
-    write_part10(&path, &one).unwrap();
+    write_part10(&path, &one, None).unwrap();
     drop(store);
     let store = Store::open(dir.path(), 0).unwrap();
     let record = store.instance("1.2.3.0.1").unwrap().expect("recovered");
@@ -150,4 +150,42 @@ fn queue_claim_and_requeue() {
     let store = Store::open(dir.path(), 0).unwrap();
     assert_eq!(store.requeue_interrupted().unwrap(), 1);
     assert_eq!(store.claim_job().unwrap().unwrap().attempts, 2);
+}
+
+#[test]
+fn a_slot_made_ahead_receives_the_instance_and_leftovers_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 0).unwrap();
+    let slots = dir.path().join("spool").join(SLOTS);
+    let count = |d: &Path| fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    let mut slot = Some(store.prepare_slot().unwrap());
+    assert_eq!(count(&slots), 1);
+    let written = store
+        .write_instance_in(incoming(1, 0), Some(&mut slot))
+        .unwrap();
+    assert!(slot.is_none(), "the slot is used up");
+    let Written::New(record) = written else {
+        panic!("a new instance")
+    };
+    assert_eq!(store.index_instance(&record).unwrap(), PutOutcome::Stored);
+    assert!(store.instance_path(&record).is_file());
+    assert_eq!(count(&slots), 0, "renamed into the series folder");
+    // A duplicate leaves the slot for the next instance.
+    let mut slot = Some(store.prepare_slot().unwrap());
+    assert!(matches!(
+        store
+            .write_instance_in(incoming(1, 0), Some(&mut slot))
+            .unwrap(),
+        Written::Duplicate
+    ));
+    assert!(slot.is_some());
+    drop(slot);
+    assert_eq!(count(&slots), 0, "an unused slot is removed when dropped");
+    // One a crash left behind is removed at the next start.
+    std::mem::forget(store.prepare_slot().unwrap());
+    assert_eq!(count(&slots), 1);
+    drop(store);
+    let store = Store::open(dir.path(), 0).unwrap();
+    assert_eq!(count(&slots), 0);
+    assert_eq!(store.all_instances().unwrap().len(), 1);
 }

@@ -103,3 +103,31 @@ def test_group_matches_the_book():
     assert len(groups) == 1
     centre, voxels = groups[0]
     assert voxels == 27 and np.allclose(centre, (3, 3, 3))
+
+
+def test_flip_average_is_the_mean_of_the_eight_flips_and_exports(tmp_path):
+    """models.FlipAveraged (finetune_malignancy.py --flip-average): the mean softmax of the 8 flips,
+    logits whose softmax is that mean, and export.py writes it when the run's recipe says so."""
+    import torch
+
+    import export
+    from models import FlipAveraged, NoduleNet
+
+    torch.manual_seed(0)
+    net = NoduleNet().eval()
+    x = torch.randn(2, 1, 32, 48, 48) * 300
+    with torch.no_grad():
+        logits, p = FlipAveraged(net)(x)
+        want = torch.stack([net(torch.flip(x, f) if f else x)[1] for f in FlipAveraged.FLIPS]).mean(0)
+        assert torch.allclose(p, want, atol=1e-6)
+        assert torch.allclose(torch.softmax(logits, 1), p, atol=1e-6)
+        assert torch.allclose(FlipAveraged(net)(torch.flip(x, (3,)))[1], p, atol=1e-5), "flip invariant"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(net.state_dict(), run / "malignancy.pt")
+    common.write_json(run / "malignancy.metrics.json", {
+        "role": "malignancy", "metrics": {"auc": 0.5}, "train_series": ["a"], "val_series": ["b"],
+        "manifest_sha256": "0" * 64, "seed": 0, "code": "test", "recipe": {"flip_average": True}})
+    # export.check_runtime compares the ONNX file with the wrapped model (onnxruntime, when installed)
+    assert export.main([str(run), "--out", str(tmp_path / "models"), "--dataset", "pytest"]) == 0
+    assert (tmp_path / "models" / "malignancy.onnx").is_file()
