@@ -1,4 +1,4 @@
-//! DICOM input: files → CT instances → series → [`Volume`](crate::Volume).
+//! DICOM input: files → CT instances → series → [`Volume`].
 //!
 //! [`instance`] parses one object (format only), [`series`] applies the input rules and geometry
 //! (compute only), and this module walks folders and picks the series, so the daemon can feed

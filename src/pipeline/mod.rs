@@ -14,10 +14,11 @@
 //! runs slices and crops in parallel. [`PipelineOptions::exact`] asks for the book's processing with
 //! no shortcut: any speed-up that can change candidates must be off when it is set, and the
 //! findings are the book's (every candidate with p_nodule > 0.5). Without it (the default) the
-//! U-Net runs only on a tile around the body in each slice ([`segment::body_regions`],
-//! [`segment::segment_regions`]): the same answer inside the body, nothing in the air around it
-//! (`tests/fast_vs_exact.rs`); and [`reduce`] merges fragments, drops findings away from the lung
-//! ([`lung`]) and under the Lung-RADS size floor. Every finding is measured ([`measure`]) and
+//! U-Net runs only on a tile around the lungs in each slice ([`segment::lung_regions`], within
+//! [`segment::LUNG_REGION_MARGIN_MM`] of the lung; [`PipelineOptions::regions`]), candidates
+//! beyond that reach are not classified, and [`reduce`] merges fragments, drops findings away from
+//! the lung ([`lung`]) and under the Lung-RADS size floor: what the tiles leave out is what the
+//! reduction drops, so the reported findings are those of whole slices (`tests/fast_vs_exact.rs`). Every finding is measured ([`measure`]) and
 //! categorised ([`lungrads`]) either way.
 
 pub mod caveats;
@@ -96,7 +97,7 @@ impl Stage {
     }
 }
 
-/// How to run. The default: not exact (body-region shortcut and false-positive reduction on), one
+/// How to run. The default: not exact (lung-region tiles and false-positive reduction on), one
 /// worker per core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineOptions {

@@ -100,7 +100,7 @@ impl MeasuredFinding {
 const SEED_REACH_MM: f64 = 60.0;
 
 /// The pre-erosion component of `mask` that holds the mask voxel nearest to `center` (searched
-/// within 3 voxels), limited to [`SEED_REACH_MM`] around it; the centre voxel alone when no mask
+/// within 3 voxels), limited to `SEED_REACH_MM` around it; the centre voxel alone when no mask
 /// voxel is that close.
 pub fn seed_component(
     mask: ArrayView3<'_, bool>,

@@ -12,13 +12,17 @@
 //!
 //! **Regions** (the default outside `--exact`, see [`segment_regions`]): the U-Net is fully
 //! convolutional, so its answer at a pixel depends only on the pixels within its receptive field
-//! (at most 26 pixels for the book's depth-3 U-Net). A slice can therefore be run on a *tile*: the rows and columns where an
-//! answer is wanted (the body) plus a [`TILE_MARGIN`] of context on each side, the tile's corner
+//! (at most 26 pixels for the book's depth-3 U-Net). A slice can therefore be run on a *tile*: the
+//! rows and columns where an answer is wanted (around the lungs, [`lung_regions`]; or the body,
+//! [`body_regions`]) plus a [`TILE_MARGIN`] of context on each side, the tile's corner
 //! on a multiple of 4 so the two 2×2 poolings see the same pixel groups as on the whole slice.
 //! Inside the wanted region the tile's answer is the whole slice's (to float rounding; the
 //! `fast_vs_exact` tests check it); outside it the probability is 0, and slices without a region are
 //! not run at all. Tile sizes are rounded up to multiples of [`TILE_STEP`] so a volume needs only a
-//! few shapes, each optimised once by the engine.
+//! few shapes (tens), each optimised once by the engine (~25 ms each with tract).
+//!
+//! The pipeline keeps only the thresholded mask ([`segment_regions_mask`], [`segment_mask`]); the
+//! probability versions serve tests and tools.
 
 use super::group::THRESHOLD;
 use super::lung::{LungMask, SliceBounds};

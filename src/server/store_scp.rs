@@ -1,6 +1,6 @@
 //! C-STORE SCP (PS3.4 Annex B): validate, store durably, then answer.
 //!
-//! The answer is Success only after [`Store::put_instance`] has fsynced the file and its folder
+//! The answer is Success only after [`crate::store::Store::put_instance`] has fsynced the file and its folder
 //! and indexed it, so a scanner that deletes what we acknowledged loses nothing. Refusals carry the
 //! standard status and a one-line reason in the log (UIDs, never patient names):
 //! 0xA700 out of resources (too big, disk watermark, series cap), 0xA900 data set does not match
@@ -374,7 +374,7 @@ fn check_ct_pixels(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), 
     }
 }
 
-/// Stores a validated instance (both halves of [`Store::put_instance`]), mapping store errors to
+/// Stores a validated instance (both halves of [`crate::store::Store::put_instance`]), mapping store errors to
 /// statuses.
 pub async fn store(
     context: &super::Context,
@@ -388,7 +388,7 @@ pub async fn store(
     }
 }
 
-/// The durable half of storing ([`Store::write_instance_in`], into `slot` when there is one):
+/// The durable half of storing ([`crate::store::Store::write_instance_in`], into `slot` when there is one):
 /// after it, Success may be answered. Refuses past the series cap. Runs the blocking fsync work
 /// off the async runtime. Gives back the slot when it was not used.
 async fn write(
@@ -432,7 +432,7 @@ async fn write(
     })
 }
 
-/// The index half ([`Store::index_instance`]) of a written instance.
+/// The index half ([`crate::store::Store::index_instance`]) of a written instance.
 async fn index(context: &super::Context, record: InstanceRecord) -> Result<PutOutcome, String> {
     let store = context.store.clone();
     tokio::task::spawn_blocking(move || store.index_instance(&record))

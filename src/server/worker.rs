@@ -1,6 +1,6 @@
 //! Analysis workers: a fixed pool of OS threads (inference is CPU-bound and must not block the
 //! async runtime) that take queued jobs from sled and run the same library path as
-//! `noduled analyze`: load the series with the input rules, run the [`Pipeline`], build the SR,
+//! `noduled analyze`: load the series with the input rules, run the [`Pipeline`](crate::pipeline::Pipeline), build the SR,
 //! and store it like any received instance.
 //!
 //! Exactly once: a job is claimed atomically; its SR's UIDs are derived from the series and its
