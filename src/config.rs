@@ -59,6 +59,9 @@ pub struct PipelineConfig {
     /// Inference engine: `tract` (built in), `ort` / `ort-cuda` (onnxruntime, builds with
     /// `--features ort` / `--features cuda`).
     pub engine: String,
+    /// Where the U-Net runs outside `--exact`: `lung` (tiles around the lungs, the default),
+    /// `body` (tiles around the body) or `whole` (every pixel). See `pipeline::segment`.
+    pub segment_regions: crate::pipeline::segment::SegmentRegions,
 }
 
 impl Default for PipelineConfig {
@@ -70,6 +73,7 @@ impl Default for PipelineConfig {
             malignancy_model: "malignancy.onnx".into(),
             threads: 0,
             engine: "tract".into(),
+            segment_regions: Default::default(),
         }
     }
 }
@@ -554,6 +558,26 @@ mod tests {
     fn integer_accepted_where_float_expected() {
         let config = Config::parse("[series]\nmax_gap_factor = 2\n").unwrap();
         assert_eq!(config.series.max_gap_factor, 2.0);
+    }
+
+    #[test]
+    fn segment_regions_are_named_and_checked() {
+        use crate::pipeline::segment::SegmentRegions;
+        assert_eq!(
+            Config::default().pipeline.segment_regions,
+            SegmentRegions::Lung
+        );
+        for (name, regions) in [
+            ("lung", SegmentRegions::Lung),
+            ("body", SegmentRegions::Body),
+            ("whole", SegmentRegions::Whole),
+        ] {
+            let config =
+                Config::parse(&format!("[pipeline]\nsegment_regions = '{name}'\n")).unwrap();
+            assert_eq!(config.pipeline.segment_regions, regions);
+        }
+        let problems = Config::parse("[pipeline]\nsegment_regions = 'lungs'\n").unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     let options = PipelineOptions {
         exact: args.exact,
         threads: args.threads.map_or(config.pipeline.threads, usize::from),
-        ..PipelineOptions::default()
+        regions: config.pipeline.segment_regions,
     };
     let pipeline = Pipeline::load(
         &models.segmentation,

@@ -112,7 +112,7 @@ impl ModelFlags {
         let options = PipelineOptions {
             exact: self.exact,
             threads: self.threads.map_or(config.pipeline.threads, usize::from),
-            ..PipelineOptions::default()
+            regions: config.pipeline.segment_regions,
         };
         let engine = self.engine.as_deref().unwrap_or(&config.pipeline.engine);
         Pipeline::load_with_engine(

@@ -8,7 +8,7 @@
 //! never be served stale groups. A corrupt or unreadable entry is a miss (and is rewritten).
 
 use crate::pipeline::group::Group;
-use crate::pipeline::Segmented;
+use crate::pipeline::{PipelineOptions, Segmented};
 use crate::volume::Volume;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,12 +51,15 @@ pub struct SegmentationCache {
     dir: PathBuf,
 }
 
-/// The cache key of `volume` segmented by the model with SHA-256 `model_sha256`.
-pub fn key(volume: &Volume, model_sha256: &str, exact: bool) -> String {
+/// The cache key of `volume` segmented by the model with SHA-256 `model_sha256` with `options`
+/// (exactness and segmentation regions change the segmentation).
+pub fn key(volume: &Volume, model_sha256: &str, options: &PipelineOptions) -> String {
     let mut h = Sha256::new();
     h.update(CACHE_VERSION.to_le_bytes());
     h.update(model_sha256.as_bytes());
-    h.update([u8::from(exact)]);
+    h.update([u8::from(options.exact)]);
+    // Where the U-Net ran: a different segmentation.
+    h.update(format!("{:?}", options.regions).as_bytes());
     h.update(volume.series.series_uid.as_bytes());
     for n in volume.shape() {
         h.update((n as u64).to_le_bytes());
@@ -198,11 +201,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = SegmentationCache::new(dir.path().join("cache"));
         let v = volume(40.0);
-        let k = key(&v, "abc", false);
-        assert_eq!(k, key(&volume(40.0), "abc", false));
-        assert_ne!(k, key(&volume(41.0), "abc", false));
-        assert_ne!(k, key(&v, "abd", false));
-        assert_ne!(k, key(&v, "abc", true));
+        let default = PipelineOptions::default();
+        let exact = PipelineOptions {
+            exact: true,
+            ..default
+        };
+        let body = PipelineOptions {
+            regions: crate::pipeline::segment::SegmentRegions::Body,
+            ..default
+        };
+        let k = key(&v, "abc", &default);
+        assert_eq!(k, key(&volume(40.0), "abc", &default));
+        assert_ne!(k, key(&volume(41.0), "abc", &default));
+        assert_ne!(k, key(&v, "abd", &default));
+        assert_ne!(k, key(&v, "abc", &exact));
+        assert_ne!(k, key(&v, "abc", &body));
         assert!(cache.get("1.2.3", &k).is_none());
         let s = Segmented {
             groups: vec![Group {
@@ -220,7 +233,7 @@ mod tests {
         assert_eq!(got.groups, s.groups);
         assert_eq!(got.segment_s, 0.0);
         assert!(cache
-            .get("1.2.3", &key(&volume(41.0), "abc", false))
+            .get("1.2.3", &key(&volume(41.0), "abc", &default))
             .is_none());
         // A corrupt entry is a miss.
         let path = cache.path("1.2.3", &k);

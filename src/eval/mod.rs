@@ -445,7 +445,7 @@ pub fn evaluate(
     }
 
     let seg_sha = models.segmentation.info().sha256.clone();
-    let exact = pipeline.options().exact;
+    let pipeline_options = pipeline.options();
     let mut results = Vec::new();
     let mut scored = Vec::new();
     for (index, uid) in series.iter().enumerate() {
@@ -462,7 +462,7 @@ pub fn evaluate(
             reason: r.to_string(),
         })?;
         let load_s = started.elapsed().as_secs_f64();
-        let key = cache::key(&volume, &seg_sha, exact);
+        let key = cache::key(&volume, &seg_sha, &pipeline_options);
         let cached = options.cache.as_ref().and_then(|c| c.get(uid, &key));
         progress.series(index, series.len(), uid, cached.is_some());
         let segmentation_cached = cached.is_some();
