@@ -157,6 +157,16 @@ pub fn check_declared_lengths(data: &[u8], explicit_vr: bool) -> Result<(), Stri
     walk_declared_lengths(data, explicit_vr).map(|_| ())
 }
 
+/// Bytes one value of a fixed-size binary VR takes (PS3.5 table 6.2-1); 1 for every other VR.
+fn fixed_value_size(vr: &[u8]) -> usize {
+    match vr {
+        b"SS" | b"US" | b"OW" => 2,
+        b"AT" | b"FL" | b"SL" | b"UL" | b"OF" | b"OL" => 4,
+        b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => 8,
+        _ => 1,
+    }
+}
+
 /// Where the data set's top-level (7FE0,0010) Pixel Data element lies, as the declared-length
 /// walk found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,10 +206,13 @@ pub fn walk_declared_lengths(
         let group = le16(data, pos);
         let element = le16(data, pos + 2);
         let tag = dicom_core::Tag(group, element);
+        // Bytes a value of the element's VR takes, for the fixed-size binary VRs (else 1).
+        let mut unit = 1usize;
         let (length, header, is_sequence) = if group == 0xFFFE {
             (le32(data, pos + 4), 8, false)
         } else if explicit_vr {
             let vr = [data[pos + 4], data[pos + 5]];
+            unit = fixed_value_size(&vr);
             // Only these VRs have a 2-byte length; any other code, known or not, has the 4-byte
             // form (PS3.5 7.1.2), as the parser reads it. Treating an unknown code as short let a
             // 3 kB data set declare 2 GB (found by cargo fuzz, validate_instance).
@@ -238,11 +251,27 @@ pub fn walk_declared_lengths(
             }
         } else {
             use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
-            let sq = dicom_dictionary_std::StandardDataDictionary
+            let vr = dicom_dictionary_std::StandardDataDictionary
                 .by_tag(tag)
-                .is_some_and(|e| e.vr().relaxed() == dicom_core::VR::SQ);
-            (le32(data, pos + 4), 8, sq)
+                .map(|e| e.vr().relaxed());
+            if let Some(vr) = vr {
+                unit = fixed_value_size(vr.to_string().as_bytes());
+            }
+            (
+                le32(data, pos + 4),
+                8,
+                vr.is_some_and(|vr| vr == dicom_core::VR::SQ),
+            )
         };
+        // The parser reads fixed-size values whole: a length that is no multiple of the value
+        // size makes it read past the element and take later bytes for headers (an AT of length
+        // 2 made it read "noduled " as a 2 GB length: cargo fuzz, validate_instance). PS3.5 6.2
+        // forbids such lengths anyway.
+        if unit > 1 && length != UNDEFINED && !(length as usize).is_multiple_of(unit) {
+            return Err(format!(
+                "element {tag} has length {length}, not a multiple of its value size {unit}"
+            ));
+        }
         pos += header;
         let remaining = data.len() - pos;
         if group == 0xFFFE {
@@ -725,5 +754,23 @@ mod tests {
                 refused.reason
             );
         }
+    }
+
+    #[test]
+    fn a_fixed_size_value_of_the_wrong_length_is_refused() {
+        // The cargo fuzz find: (0008,0060) declared AT with 2 bytes ("CT"); the parser reads 4,
+        // then takes "noduled " for a 2 GB length.
+        let mut data = short_element(0x0008, 0x0060, b"AT", b"CT");
+        data.extend(short_element(0x0008, 0x0070, b"LO", b"noduled phantom "));
+        let error = check_declared_lengths(&data, true).unwrap_err();
+        assert!(error.contains("not a multiple"), "{error}");
+        let refused = validate(data, "1.2.840.10008.1.2.1", "", "").unwrap_err();
+        assert_eq!(refused.status, status::CANNOT_UNDERSTAND);
+        // Implicit VR: the dictionary's VR (Rows is US) counts.
+        let mut implicit = vec![0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        assert!(check_declared_lengths(&implicit, false).is_err());
+        implicit[4] = 2;
+        implicit.pop();
+        assert_eq!(check_declared_lengths(&implicit, false), Ok(()));
     }
 }
