@@ -346,7 +346,7 @@ pub fn segment(
     hu: ArrayView3<'_, f32>,
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
 ) -> Result<Array3<f32>, PipelineError> {
-    run_slices(model, hu, progress, |p| p)
+    run_regions(model, hu, &whole_slices(hu), progress, |p| p)
 }
 
 /// [`segment`] thresholded as it goes, like [`segment_regions_mask`].
@@ -355,40 +355,20 @@ pub fn segment_mask(
     hu: ArrayView3<'_, f32>,
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
 ) -> Result<Array3<bool>, PipelineError> {
-    run_slices(model, hu, progress, |p| p > THRESHOLD)
+    run_regions(model, hu, &whole_slices(hu), progress, |p| p > THRESHOLD)
 }
 
-fn run_slices<T>(
-    model: &dyn Model,
-    hu: ArrayView3<'_, f32>,
-    progress: &(dyn Fn(Stage, usize, usize) + Sync),
-    keep: impl Fn(f32) -> T + Sync,
-) -> Result<Array3<T>, PipelineError>
-where
-    T: Copy + Default + Send + Sync,
-{
+/// Every slice's whole plane as its region: its tile is then the whole padded slice
+/// ([`tile_span`]), whose input is [`slice_input`]'s.
+fn whole_slices(hu: ArrayView3<'_, f32>) -> Vec<Option<Region>> {
     let [n, h, w] = [hu.shape()[0], hu.shape()[1], hu.shape()[2]];
-    let mut answer = Array3::<T>::default((n, h, w));
-    if n == 0 || h == 0 || w == 0 {
-        return Ok(answer);
-    }
-    let done = AtomicUsize::new(0);
-    progress(Stage::Segment, 0, n);
-    let mut planes: Vec<ArrayViewMut2<'_, T>> = answer.outer_iter_mut().collect();
-    planes
-        .par_iter_mut()
-        .with_max_len(1)
-        .enumerate()
-        .try_for_each(|(index, plane)| -> Result<(), PipelineError> {
-            let input = slice_input(hu, index);
-            let outputs = model.run(input.view().into_dyn())?;
-            let (ph, pw) = plane.dim();
-            let prob = output_plane(model, &outputs, [padded_extent(ph), padded_extent(pw)])?;
-            plane.zip_mut_with(&prob.slice(s![..ph, ..pw]), |a, &p| *a = keep(p));
-            progress(Stage::Segment, done.fetch_add(1, Ordering::Relaxed) + 1, n);
-            Ok(())
-        })?;
-    Ok(answer)
+    vec![
+        Some(Region {
+            rows: 0..h,
+            cols: 0..w,
+        });
+        n
+    ]
 }
 
 /// The `[H, W]` plane of the model's `[1, 1, H, W]` probability output, checked against `size`.
