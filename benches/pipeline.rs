@@ -207,11 +207,12 @@ fn latencies(engine_name: &str, engine: &dyn Engine, volume: &Volume) {
         h as f64 * w as f64 * SEG_FLOP_PER_PIXEL / 1e9 / best
     );
     let center = [60.0, 256.0, 256.0];
-    classify::classify_one(models.nodule.as_ref(), hu, center).expect("cls runs");
+    let voxel_mm = volume.geometry.spacing_irc();
+    classify::classify_one(models.nodule.as_ref(), hu, voxel_mm, center).expect("cls runs");
     let mut best = f64::INFINITY;
     for _ in 0..20 {
         let t = Instant::now();
-        classify::classify_one(models.nodule.as_ref(), hu, center).expect("cls runs");
+        classify::classify_one(models.nodule.as_ref(), hu, voxel_mm, center).expect("cls runs");
         best = best.min(t.elapsed().as_secs_f64());
     }
     println!(

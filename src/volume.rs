@@ -66,6 +66,15 @@ impl Geometry {
         ]
     }
 
+    /// Voxel spacing in mm along (index, row, column).
+    pub fn spacing_irc(&self) -> [f64; 3] {
+        [
+            self.spacing_xyz[2],
+            self.spacing_xyz[1],
+            self.spacing_xyz[0],
+        ]
+    }
+
     /// Volume of one voxel in mm³.
     pub fn voxel_volume_mm3(&self) -> f64 {
         self.spacing_xyz.iter().product()

@@ -88,13 +88,16 @@ fn models_answer_the_same_through_both_engines() {
     let models_o = Models::load(&ort, &seg_path, &book.join("nodule_cls.onnx"), None).expect("ort");
     let models_t =
         Models::load(&tract, &seg_path, &book.join("nodule_cls.onnx"), None).expect("tract");
+    let voxel_mm = volume.geometry.spacing_irc();
     for center in [
         [60.0, 256.0, 256.0],
         [90.5, 300.2, 180.7],
         [10.0, 20.0, 500.0],
     ] {
-        let p_o = classify::classify_one(models_o.nodule.as_ref(), hu, center).expect("ort");
-        let p_t = classify::classify_one(models_t.nodule.as_ref(), hu, center).expect("tract");
+        let p_o =
+            classify::classify_one(models_o.nodule.as_ref(), hu, voxel_mm, center).expect("ort");
+        let p_t =
+            classify::classify_one(models_t.nodule.as_ref(), hu, voxel_mm, center).expect("tract");
         assert!(
             (p_o - p_t).abs() < 1e-4,
             "{center:?}: ort {p_o} tract {p_t}"

@@ -7,7 +7,7 @@
 //! `NODULED_TRAINING_PYTHON=$(bash .ci/setup-training.sh) cargo test --test training_smoke`.
 
 use noduled::phantom::{generate, write_dataset, PhantomSpec};
-use noduled::pipeline::{Pipeline, PipelineOptions};
+use noduled::pipeline::{classify, Pipeline, PipelineOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -131,6 +131,10 @@ fn tiny_training_run_exports_models_noduled_loads() {
                 nodule_pt.to_str().unwrap(),
                 "--out",
                 r,
+                "--crop-mm",
+                "1.5",
+                "0.75",
+                "0.75",
             ][..],
             &tiny[..],
         ]
@@ -173,6 +177,10 @@ fn tiny_training_run_exports_models_noduled_loads() {
     let list = list.as_array().expect("a list");
     let roles: Vec<&str> = list.iter().map(|e| e["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["segmentation", "nodule", "malignancy"]);
+    // The malignancy model was fine-tuned on millimetre crops and says so; the others on voxels.
+    let crop_mm = |e: &serde_json::Value| e["declared_input"]["crop_mm"].clone();
+    assert_eq!(crop_mm(&list[2]), serde_json::json!([1.5, 0.75, 0.75]));
+    assert_eq!(crop_mm(&list[1]), serde_json::Value::Null);
     let train = manifest_split(&manifest, "train");
     let val = manifest_split(&manifest, "val");
     assert_eq!((train.len(), val.len()), (3, 1));
@@ -212,6 +220,71 @@ fn tiny_training_run_exports_models_noduled_loads() {
     );
     for c in &analysis.candidates {
         assert!((0.0..=1.0).contains(&c.p_nodule));
+    }
+}
+
+#[test]
+fn resampled_crops_are_the_ones_training_makes() {
+    // A model trained with `finetune_malignancy.py --crop-mm` must see in noduled the crop it saw
+    // in training: training/common.py's crop_resampled against pipeline::classify's, on one
+    // phantom series read by each side's own DICOM loader.
+    let Some(python) = python() else { return };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("phantoms");
+    write_dataset(&data, 11, 1, &spec()).expect("phantom written");
+    let series = std::fs::read_dir(&data)
+        .expect("data set listed")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.is_dir())
+        .expect("one series folder");
+    let uid = series.file_name().unwrap().to_str().unwrap().to_string();
+    let volume = noduled::dicom::load_series(&series, None).expect("series loads");
+    let grid = [1.5, 0.75, 0.75];
+    // Inside, off-grid, and hanging over two borders.
+    let centres = [[12.0, 48.0, 48.0], [9.37, 40.61, 55.18], [1.2, 90.5, 3.3]];
+    let out = tmp.path().join("crops.f32");
+    let script = format!(
+        "import sys, numpy as np; sys.path.insert(0, {training:?}); import common, datasets\n\
+         ct = common.CtCache(datasets.open_dataset({data:?})).get({uid:?})\n\
+         crops = [common.crop_resampled(ct.hu, c, ct.spacing_xyz[::-1], {grid:?}) for c in {centres:?}]\n\
+         np.stack(crops).astype('<f4').tofile({out:?})",
+        training = training_dir().to_str().unwrap(),
+        data = data.to_str().unwrap(),
+        out = out.to_str().unwrap(),
+    );
+    let run = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("python runs");
+    assert!(
+        run.status.success(),
+        "python crop failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let bytes = std::fs::read(&out).expect("crops written");
+    let theirs: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let per_crop = classify::CROP.iter().product::<usize>();
+    assert_eq!(theirs.len(), centres.len() * per_crop);
+    for (k, centre) in centres.iter().enumerate() {
+        let ours = classify::crop_resampled(
+            volume.hu.view(),
+            *centre,
+            volume.geometry.spacing_irc(),
+            grid,
+        );
+        let worst = ours
+            .iter()
+            .zip(&theirs[k * per_crop..(k + 1) * per_crop])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.01, "{centre:?}: crops differ by up to {worst} HU");
+        assert!(
+            ours.iter().any(|&v| v > -900.0),
+            "{centre:?}: crop holds tissue"
+        );
     }
 }
 

@@ -16,7 +16,8 @@ ONNX opset 17, with `metadata_props`: `noduled.role`, `noduled.train_series` and
 `noduled.input` (shape, HU clamp), `noduled.source` (data set, synthetic or not, code revision,
 manifest SHA-256, seed). A missing run file is skipped with a message (malignancy is optional).
 A run whose recipe says `flip_average` (finetune_malignancy.py --flip-average) is exported with the
-8-flip average inside the graph (models.FlipAveraged), as it was validated.
+8-flip average inside the graph (models.FlipAveraged), as it was validated; one whose recipe has
+`crop_mm` (--crop-mm) declares it in `noduled.input`, and noduled resamples its crops to it.
 """
 from __future__ import annotations
 
@@ -93,13 +94,25 @@ def check_runtime(model, role: str, path: pathlib.Path) -> None:
             raise SystemExit(f"export: {path} disagrees with the PyTorch model")
 
 
+def input_of(role: str, run: dict) -> dict:
+    """`noduled.input` of `role`; a run trained on resampled crops (finetune_malignancy.py
+    --crop-mm) declares their spacing as `crop_mm`, which noduled honours when it crops."""
+    crop_mm = run.get("recipe", {}).get("crop_mm")
+    if not crop_mm:
+        return ROLES[role][1]
+    return {**ROLES[role][1], "crop_mm": crop_mm,
+            "crop": "index,row,column resampled every crop_mm mm around the unrounded candidate centre: "
+                    "crop voxel k at centre + (k - size/2) * crop_mm / voxel_mm, HU clamped then "
+                    "interpolated trilinearly, -1000 outside the volume"}
+
+
 def metadata(role: str, run: dict, source: dict) -> dict:
     meta = {
         "noduled.role": role,
         "noduled.train_series": run["train_series"],
         "noduled.val_series": run["val_series"],
         "noduled.metrics": {k: v for k, v in run["metrics"].items() if k != "train_loss"},
-        "noduled.input": ROLES[role][1],
+        "noduled.input": input_of(role, run),
         "noduled.source": {**source, "manifest_sha256": run["manifest_sha256"], "seed": run["seed"],
                            "code": run["code"], "recipe": run.get("recipe", {})},
     }

@@ -14,6 +14,13 @@ Options of the later attempts (models/README.md, "Malignancy attempts"): `--cand
 trains on crops centred where the detector's candidates (candidates.csv) hit a train nodule, as
 noduled crops them, and validates there too; `--cosine` decays the learning rate; `--flip-average`
 validates the model averaged over the crop's 8 flips, and export.py then exports it that way.
+
+`--crop-mm Z Y X` gives the model crops resampled to that spacing (mm per crop voxel along index,
+row, column) instead of the CT's own voxels, so it sees a nodule's size in millimetres whatever the
+scan's spacing; export.py declares it in `noduled.input` (`crop_mm`) and noduled crops that way.
+`--rotate` turns each training crop in-plane by a random angle while resampling.
+`--nodule-onnx FILE` starts from an exported nodule classifier (e.g. the shipped models/nodule.onnx)
+instead of train_cls.py's nodule.pt; its train series must be train series of the manifest.
 """
 from __future__ import annotations
 
@@ -92,7 +99,31 @@ class _FrozenNorm:
         model.train = train
 
 
-def fit_head_on_features(model, cache, entries, rng, views: int, steps: int, lr: float):
+def nodule_state_from_onnx(path, man):
+    """The NoduleNet state dict held in an exported nodule classifier's initializers (export.py
+    keeps PyTorch's parameter names), and its `noduled.pretrained`. Refuses a file whose training
+    series are not all train series of `man`: fine-tuning it would carry val series into training."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    meta = {p.key: p.value for p in m.metadata_props}
+    if meta.get("noduled.role") != "nodule":
+        raise SystemExit(f"finetune_malignancy: {path} is not a nodule classifier (noduled.role)")
+    trained = json.loads(meta.get("noduled.train_series", "[]"))
+    outside = sorted(set(trained) - set(man.series("train")))
+    if outside:
+        raise SystemExit(f"finetune_malignancy: {path} was trained on {len(outside)} series that are "
+                         f"not train series of the manifest (first: {outside[0]})")
+    state = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in m.graph.initializer}
+    state["tail_batchnorm.num_batches_tracked"] = torch.tensor(0)
+    pretrained = json.loads(meta["noduled.pretrained"]) if "noduled.pretrained" in meta else None
+    return state, pretrained
+
+
+def fit_head_on_features(model, cache, entries, rng, views: int, steps: int, lr: float, crop_mm=None):
     """Head-only fine-tuning (`--train-blocks 0`) the cheap way: the frozen network's 1152 features
     of `views` augmented crops of every training nodule are computed once, then the new head is
     fitted on them (full-batch Adam, class-balanced cross-entropy). Same model, same result as
@@ -103,7 +134,7 @@ def fit_head_on_features(model, cache, entries, rng, views: int, steps: int, lr:
         for _ in range(views):
             for k in range(0, len(entries), 32):
                 chunk = entries[k:k + 32]
-                x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng) for e in chunk]))
+                x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng, crop_mm=crop_mm) for e in chunk]))
                 x = x.to(memory_format=torch.channels_last_3d)
                 h = model.tail_batchnorm(x)
                 h = model.block4(model.block3(model.block2(model.block1(h))))
@@ -130,7 +161,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
     ap.add_argument("--manifest", required=True)
-    ap.add_argument("--nodule", required=True, help="train_cls.py's nodule.pt")
+    start = ap.add_mutually_exclusive_group(required=True)
+    start.add_argument("--nodule", help="train_cls.py's nodule.pt")
+    start.add_argument("--nodule-onnx", help="an exported nodule classifier (export.py's nodule.onnx)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-blocks", type=int, default=1, choices=range(0, 5),
                     help="last convolution blocks trained with the head (0: head only)")
@@ -146,6 +179,10 @@ def main(argv=None) -> int:
                     help="validate (and have export.py export) the model averaged over the 8 flips of the crop")
     ap.add_argument("--report-every", type=int, default=0,
                     help="print the val AUC every N epochs (progress only; the result is the last epoch)")
+    ap.add_argument("--crop-mm", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                    help="crops resampled to this spacing (mm per crop voxel: index, row, column)")
+    ap.add_argument("--rotate", action="store_true",
+                    help="with --crop-mm: turn each training crop in-plane by a random angle")
     ap.add_argument("--candidate-centres", action="store_true",
                     help="also train on crops centred on the candidates.csv points that match a train "
                          "nodule (within 0.7 x its diameter), as noduled crops them")
@@ -159,25 +196,32 @@ def main(argv=None) -> int:
     annotated = len(entries)
     if a.candidate_centres:
         entries += candidate_views(ds, cache, train)
-    model, params = build(torch.load(a.nodule, map_location="cpu"), a.train_blocks)
-    nodule_info = pathlib.Path(a.nodule).with_suffix(".metrics.json")
-    pretrained = common.read_json(nodule_info).get("pretrained") if nodule_info.is_file() else None
+    if a.nodule_onnx:
+        nodule_state, pretrained = nodule_state_from_onnx(a.nodule_onnx, man)
+    else:
+        nodule_state = torch.load(a.nodule, map_location="cpu")
+        nodule_info = pathlib.Path(a.nodule).with_suffix(".metrics.json")
+        pretrained = common.read_json(nodule_info).get("pretrained") if nodule_info.is_file() else None
+    model, params = build(nodule_state, a.train_blocks)
+    crop_mm = tuple(a.crop_mm) if a.crop_mm else None
+    if a.rotate and not crop_mm:
+        ap.error("--rotate needs --crop-mm (turning is done while resampling)")
     _FrozenNorm(model)
     started = time.time()
     if a.train_blocks == 0:
-        history = fit_head_on_features(model, cache, entries, rng, a.views, a.head_steps, a.lr)
+        history = fit_head_on_features(model, cache, entries, rng, a.views, a.head_steps, a.lr, crop_mm)
     else:
         val_now = labelled(ds, cache, val)
 
         def report(epoch):
             if a.report_every and val_now and epoch % a.report_every == 0:
                 now = FlipAveraged(model) if a.flip_average else model
-                auc = common.roc_auc(predict(now, cache, val_now), [e[2] for e in val_now])
+                auc = common.roc_auc(predict(now, cache, val_now, crop_mm=crop_mm), [e[2] for e in val_now])
                 print(f"malignancy epoch {epoch}: val AUC {auc:.4f}", flush=True)
 
         history = train_balanced(model, params, cache, entries, [e[2] for e in entries], a.epochs,
                                  a.samples, a.batch, a.lr, rng, "malignancy", cosine=a.cosine,
-                                 on_epoch=report)
+                                 on_epoch=report, crop_mm=crop_mm, rotate=a.rotate)
     val_entries = labelled(ds, cache, val)
     scorer = FlipAveraged(model) if a.flip_average else model
     metrics = {"train_loss": history, "epochs": a.epochs if a.train_blocks else None,
@@ -187,7 +231,7 @@ def main(argv=None) -> int:
                "candidate_centres": a.candidate_centres, "flip_average": a.flip_average,
                "train_malignant": int(sum(e[2] for e in entries[:annotated]))}
     if val_entries:
-        p = predict(scorer, cache, val_entries)
+        p = predict(scorer, cache, val_entries, crop_mm=crop_mm)
         y = np.array([e[2] for e in val_entries])
         d = np.array([e[3] for e in val_entries])
         metrics.update({"auc": common.roc_auc(p, y), "diameter_baseline_auc": common.roc_auc(d, y),
@@ -196,7 +240,7 @@ def main(argv=None) -> int:
         # the same nodules seen from the detector's candidate centres (as noduled eval crops them)
         seen = candidate_views(ds, cache, val)
         if seen:
-            pc = predict(scorer, cache, seen)
+            pc = predict(scorer, cache, seen, crop_mm=crop_mm)
             yc = np.array([e[2] for e in seen])
             dc = np.array([e[3] for e in seen])
             metrics.update({"auc_candidate_centres": common.roc_auc(pc, yc),
@@ -217,7 +261,9 @@ def main(argv=None) -> int:
                    "optimizer": f"Adam lr={a.lr}" + (", cosine decay" if a.cosine else ""),
                    "batch": a.batch, "epochs": a.epochs if a.train_blocks else None,
                    "samples_per_epoch": a.samples if a.train_blocks else None,
-                   "candidate_centres": a.candidate_centres, "flip_average": a.flip_average}})
+                   "candidate_centres": a.candidate_centres, "flip_average": a.flip_average,
+                   "crop_mm": list(crop_mm) if crop_mm else None, "rotate": a.rotate,
+                   "start": pathlib.Path(a.nodule_onnx or a.nodule).name}})
     return 0
 
 

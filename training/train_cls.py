@@ -51,24 +51,32 @@ def items(ds, cache, uids, use_candidates=True, margin_mm=None):
     return out
 
 
-def cut(cache, uid, irc, rng=None, jitter=(1, 2, 2)) -> np.ndarray:
-    """The noduled crop around `irc` (moved by up to `jitter` voxels and augmented when `rng`)."""
+def cut(cache, uid, irc, rng=None, jitter=(1, 2, 2), crop_mm=None, rotate=False) -> np.ndarray:
+    """The noduled crop around `irc` (moved by up to `jitter` voxels and augmented when `rng`):
+    voxels of the CT, or with `crop_mm` (index, row, column mm) resampled to that spacing, then
+    with `rotate` (and `rng`) turned in-plane by a random angle."""
     ct = cache.get(uid)
     if rng is not None:
         irc = np.asarray(irc, float) + np.array([rng.integers(-j, j + 1) for j in jitter])
-    x = common.crop(ct.hu, irc)
+    if crop_mm is None:
+        x = common.crop(ct.hu, irc)
+    elif rng is not None and rotate:
+        x = common.crop_resampled_rotated(ct.hu, irc, ct.spacing_xyz[::-1], crop_mm,
+                                          float(rng.uniform(0.0, 2 * np.pi)))
+    else:
+        x = common.crop_resampled(ct.hu, irc, ct.spacing_xyz[::-1], crop_mm)
     if rng is not None:
         x = common.augment(x, rng)
     return x[None]
 
 
-def predict(model, cache, entries, batch=32) -> np.ndarray:
+def predict(model, cache, entries, batch=32, crop_mm=None) -> np.ndarray:
     """Column 1 of the softmax for every (uid, irc, ...) entry, no augmentation."""
     model.eval()
     out = []
     with torch.no_grad():
         for k in range(0, len(entries), batch):
-            x = torch.from_numpy(np.stack([cut(cache, e[0], e[1]) for e in entries[k:k + batch]]))
+            x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], crop_mm=crop_mm) for e in entries[k:k + batch]]))
             x = x.to(memory_format=torch.channels_last_3d)
             out.append(model(x)[1][:, 1].numpy())
     model.train()
@@ -76,8 +84,9 @@ def predict(model, cache, entries, batch=32) -> np.ndarray:
 
 
 def train_balanced(model, params, cache, entries, labels, epochs, samples, batch, lr, rng, tag,
-                   cosine=False, on_epoch=None):
+                   cosine=False, on_epoch=None, crop_mm=None, rotate=False):
     """Adam on cross-entropy with batches half positive, half negative; returns the mean losses.
+    `crop_mm`, `rotate`: crops resampled to that spacing, turned by random angles (see `cut`).
     `cosine`: the learning rate decays from `lr` to 0 along a cosine over all steps. `on_epoch(epoch)`
     is called after each epoch (progress reports; it must leave the model in training mode)."""
     pos = [e for e, y in zip(entries, labels) if y]
@@ -97,7 +106,7 @@ def train_balanced(model, params, cache, entries, labels, epochs, samples, batch
         for _ in range(steps_per_epoch):
             chosen = [pos[int(rng.integers(len(pos)))] if k % 2 == 0 else neg[int(rng.integers(len(neg)))]
                       for k in range(batch)]
-            x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng) for e in chosen]))
+            x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng, crop_mm=crop_mm, rotate=rotate) for e in chosen]))
             x = x.to(memory_format=torch.channels_last_3d)
             y = torch.tensor([k % 2 == 0 for k in range(batch)], dtype=torch.long)
             loss = loss_fn(model(x)[0], y)

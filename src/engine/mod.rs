@@ -121,6 +121,35 @@ impl ModelInfo {
     pub fn declared_role(&self) -> Option<&str> {
         self.metadata.get("noduled.role").map(String::as_str)
     }
+
+    /// The crop spacing a crop model declares in `noduled.input` as `"crop_mm": [index, row,
+    /// column]` (mm per crop voxel): its crops are then resampled to that spacing instead of cut from
+    /// the CT's own voxels. `None` when it declares none (the book's models). A declaration that is
+    /// not three positive, finite numbers is an error (the reason), so such a file is refused at
+    /// load rather than fed crops it was not trained on.
+    pub fn crop_mm(&self) -> Result<Option<[f64; 3]>, String> {
+        let Some(text) = self.metadata.get(provenance::KEY_INPUT) else {
+            return Ok(None);
+        };
+        let Ok(serde_json::Value::Object(input)) = serde_json::from_str(text) else {
+            return Ok(None); // free-text input descriptions declare no grid
+        };
+        let Some(value) = input.get("crop_mm") else {
+            return Ok(None);
+        };
+        let bad =
+            || format!("its noduled.input crop_mm {value} is not three positive numbers (mm)");
+        let serde_json::Value::Array(items) = value else {
+            return Err(bad());
+        };
+        let numbers: Vec<f64> = items.iter().filter_map(serde_json::Value::as_f64).collect();
+        match numbers[..] {
+            [z, y, x] if items.len() == 3 && numbers.iter().all(|v| v.is_finite() && *v > 0.0) => {
+                Ok(Some([z, y, x]))
+            }
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// The named outputs of one run, in the model's order.
@@ -289,6 +318,13 @@ pub fn check_role(info: &ModelInfo, role: ModelRole) -> Result<(), EngineError> 
             ),
         });
     }
+    if role != ModelRole::Segmentation {
+        info.crop_mm().map_err(|reason| EngineError::WrongRole {
+            name: info.name.clone(),
+            role,
+            reason,
+        })?;
+    }
     if let Some(declared) = info.declared_role() {
         if declared != role.as_str() {
             return Err(EngineError::WrongRole {
@@ -367,5 +403,47 @@ mod tests {
         assert!(err.to_string().contains("noduled.role"), "{err}");
         let err = check_role(&info, ModelRole::Segmentation).unwrap_err();
         assert!(err.to_string().contains("[N, 7, H, W]"), "{err}");
+    }
+
+    #[test]
+    fn crop_spacing_is_read_and_a_bad_one_refused() {
+        let mut info = ModelInfo {
+            path: PathBuf::from("m.onnx"),
+            name: "m.onnx".into(),
+            sha256: String::new(),
+            metadata: BTreeMap::new(),
+            input_name: "ct_crop".into(),
+            input_shape: vec![
+                free("batch"),
+                Dim::Fixed(1),
+                Dim::Fixed(32),
+                Dim::Fixed(48),
+                Dim::Fixed(48),
+            ],
+            output_names: vec![],
+        };
+        assert_eq!(info.crop_mm(), Ok(None));
+        let mut declare = |input: &str| {
+            info.metadata
+                .insert(provenance::KEY_INPUT.into(), input.into());
+            (info.crop_mm(), check_role(&info, ModelRole::Malignancy))
+        };
+        let (grid, role) =
+            declare(r#"{"shape": [1, 1, 32, 48, 48], "crop_mm": [1.5, 0.75, 0.75]}"#);
+        assert_eq!(grid, Ok(Some([1.5, 0.75, 0.75])));
+        assert!(role.is_ok());
+        assert_eq!(declare(r#"{"hu_clamp": [-1000, 1000]}"#).0, Ok(None));
+        assert_eq!(declare("32x48x48 crops").0, Ok(None));
+        for bad in [
+            r#"{"crop_mm": [1.5, 0.75]}"#,
+            r#"{"crop_mm": [1.5, 0, 0.75]}"#,
+            r#"{"crop_mm": [1.5, "a", 0.75]}"#,
+            r#"{"crop_mm": 1.0}"#,
+        ] {
+            let (grid, role) = declare(bad);
+            assert!(grid.is_err(), "{bad}");
+            let err = role.unwrap_err().to_string();
+            assert!(err.contains("crop_mm"), "{bad}: {err}");
+        }
     }
 }

@@ -515,7 +515,12 @@ pub fn evaluate(
                     Some(p) => p,
                     None => models
                         .malignancy
-                        .assess(volume.hu.view(), c.center_irc, c.diameter_mm)
+                        .assess(
+                            volume.hu.view(),
+                            volume.geometry.spacing_irc(),
+                            c.center_irc,
+                            c.diameter_mm,
+                        )
                         .map_err(|error| EvalError::Pipeline {
                             uid: uid.clone(),
                             error: Box::new(error),

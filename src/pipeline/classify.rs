@@ -13,6 +13,13 @@
 //! air, the clamp floor — what lies beyond a scan's field of view as far as the model is concerned —
 //! so such series are classified instead of refused (the reference would fail on them).
 //!
+//! A model that declares `"crop_mm": [index, row, column]` in its `noduled.input` (noduled's own
+//! malignancy model) gets its crop resampled instead ([`crop_resampled`]): crop voxel `k` of an axis
+//! sits at `centre + (k − size/2) · crop_mm / voxel_mm`, HU are clamped and then interpolated
+//! trilinearly, -1000 outside the volume. Such a model sees a nodule's size in millimetres whatever
+//! the scan's spacing — which matters for malignancy, where size is most of the signal.
+//! `training/common.py`'s `crop_resampled` is the same arithmetic.
+//!
 //! Crops are classified one at a time (batch 1) in parallel over the worker pool: tract's 3D
 //! convolution is fast at batch 1 (≈17 ms a crop) but far slower per crop in batches.
 
@@ -69,6 +76,71 @@ pub fn crop(hu: ArrayView3<'_, f32>, center_irc: [f64; 3]) -> Array3<f32> {
     out
 }
 
+/// The clamped-HU crop of `CROP` voxels `crop_mm` (index, row, column) apart, centred on
+/// `center_irc` (unrounded) of a volume whose voxels are `voxel_mm` apart: trilinear interpolation of
+/// the clamped HU, voxels outside the volume -1000 HU. See the module doc.
+pub fn crop_resampled(
+    hu: ArrayView3<'_, f32>,
+    center_irc: [f64; 3],
+    voxel_mm: [f64; 3],
+    crop_mm: [f64; 3],
+) -> Array3<f32> {
+    // Per axis and crop index: the lower neighbour's index and the weights of it and the next one.
+    let taps: Vec<Vec<(i64, f64)>> = (0..3)
+        .map(|axis| {
+            let step = crop_mm[axis] / voxel_mm[axis];
+            (0..CROP[axis])
+                .map(|k| {
+                    let p = center_irc[axis] + (k as f64 - CROP[axis] as f64 / 2.0) * step;
+                    let lower = p.floor();
+                    (lower as i64, p - lower)
+                })
+                .collect()
+        })
+        .collect();
+    let (n0, n1, n2) = hu.dim();
+    let at = |i: i64, r: i64, c: i64| -> f64 {
+        let inside = (0..n0 as i64).contains(&i)
+            && (0..n1 as i64).contains(&r)
+            && (0..n2 as i64).contains(&c);
+        if inside {
+            hu[[i as usize, r as usize, c as usize]].clamp(HU_MIN, HU_MAX) as f64
+        } else {
+            HU_MIN as f64
+        }
+    };
+    Array3::from_shape_fn((CROP[0], CROP[1], CROP[2]), |(k0, k1, k2)| {
+        let ((i, fi), (r, fr), (c, fc)) = (taps[0][k0], taps[1][k1], taps[2][k2]);
+        let mut sum = 0.0;
+        for (di, wi) in [(0, 1.0 - fi), (1, fi)] {
+            for (dr, wr) in [(0, 1.0 - fr), (1, fr)] {
+                for (dc, wc) in [(0, 1.0 - fc), (1, fc)] {
+                    sum += wi * wr * wc * at(i + di, r + dr, c + dc);
+                }
+            }
+        }
+        sum as f32
+    })
+}
+
+/// The crop a model asks for: resampled to its declared `crop_mm`, else the CT's own voxels.
+fn model_crop(
+    model: &dyn Model,
+    hu: ArrayView3<'_, f32>,
+    voxel_mm: [f64; 3],
+    center_irc: [f64; 3],
+) -> Result<Array3<f32>, PipelineError> {
+    match model.info().crop_mm() {
+        Ok(None) => Ok(crop(hu, center_irc)),
+        Ok(Some(crop_mm)) => Ok(crop_resampled(hu, center_irc, voxel_mm, crop_mm)),
+        // (refused at load by `engine::check_role`; only a model loaded without it gets here)
+        Err(message) => Err(PipelineError::Engine(crate::engine::EngineError::Parse {
+            path: model.info().path.clone(),
+            message,
+        })),
+    }
+}
+
 /// The positive-class probability of a two-class model's batch-1 answer: `probabilities[0, 1]`, or
 /// the softmax of `logits`, or else column 1 of the last output (what the reference reads).
 pub fn positive_probability(outputs: &Outputs, model: &str) -> Result<f64, PipelineError> {
@@ -97,13 +169,15 @@ pub fn positive_probability(outputs: &Outputs, model: &str) -> Result<f64, Pipel
     }
 }
 
-/// Runs a two-class crop model on the crop of one centre; the positive-class probability.
+/// Runs a two-class crop model on the crop of one centre (of a volume whose voxels are `voxel_mm`
+/// apart, index, row, column); the positive-class probability.
 pub fn classify_one(
     model: &dyn Model,
     hu: ArrayView3<'_, f32>,
+    voxel_mm: [f64; 3],
     center_irc: [f64; 3],
 ) -> Result<f64, PipelineError> {
-    let input = crop(hu, center_irc)
+    let input = model_crop(model, hu, voxel_mm, center_irc)?
         .insert_axis(Axis(0))
         .insert_axis(Axis(0));
     let outputs = model.run(input.view().into_dyn())?;
@@ -114,6 +188,7 @@ pub fn classify_one(
 pub fn classify(
     model: &dyn Model,
     hu: ArrayView3<'_, f32>,
+    voxel_mm: [f64; 3],
     centers: &[[f64; 3]],
     stage: Stage,
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
@@ -125,7 +200,7 @@ pub fn classify(
         .par_iter()
         .with_max_len(1)
         .map(|&center| {
-            let p = classify_one(model, hu, center)?;
+            let p = classify_one(model, hu, voxel_mm, center)?;
             progress(stage, done.fetch_add(1, Ordering::Relaxed) + 1, total);
             Ok(p)
         })
@@ -192,6 +267,53 @@ mod tests {
         // In the middle: start = round(c) - size/2.
         let block = crop(hu.view(), [20.2, 30.5, 35.5]);
         assert_eq!(block[[0, 0, 0]], value(4, 6, 12));
+    }
+
+    #[test]
+    fn resampled_crop_at_the_volumes_own_spacing_is_the_voxel_crop() {
+        let hu = ramp((40, 60, 70));
+        let spacing = [2.5, 0.7, 0.7];
+        for centre in [[20.0, 30.0, 35.0], [17.0, 25.0, 40.0]] {
+            assert_eq!(
+                crop_resampled(hu.view(), centre, spacing, spacing),
+                crop(hu.view(), centre)
+            );
+        }
+    }
+
+    #[test]
+    fn resampled_crop_interpolates_a_ramp_exactly() {
+        // Trilinear interpolation reproduces a linear function: the crop voxel k of each axis
+        // sits at centre + (k - size/2) · crop_mm / voxel_mm.
+        let hu = ramp((80, 120, 120));
+        let (voxel, grid) = ([2.0, 0.8, 0.6], [1.5, 0.75, 0.75]);
+        let centre = [40.3, 60.7, 59.2];
+        let block = crop_resampled(hu.view(), centre, voxel, grid);
+        let at = |k: usize, axis: usize| {
+            centre[axis] + (k as f64 - CROP[axis] as f64 / 2.0) * grid[axis] / voxel[axis]
+        };
+        for (i, r, c) in [(0, 0, 0), (16, 24, 24), (31, 47, 47), (5, 40, 7)] {
+            let want = at(i, 0) * 10.0 + at(r, 1) + at(c, 2) * 0.01 - 900.0;
+            assert!(
+                (block[[i, r, c]] as f64 - want).abs() < 1e-3,
+                "({i}, {r}, {c}): {} against {want}",
+                block[[i, r, c]]
+            );
+        }
+    }
+
+    #[test]
+    fn resampled_crop_clamps_then_interpolates_and_pads_with_air() {
+        let mut hu = Array3::from_elem((10, 10, 10), 3000.0f32);
+        hu[[5, 5, 5]] = -2000.0;
+        // Halfway between a clamped 1000 and a clamped -1000: 0.
+        let block = crop_resampled(hu.view(), [5.5, 5.0, 5.0], [1.0; 3], [1.0; 3]);
+        assert_eq!(block[[16, 24, 24]], 0.0);
+        // Far outside the volume: air everywhere; at the edge, half air.
+        let outside = crop_resampled(hu.view(), [100.0, 5.0, 5.0], [1.0; 3], [1.0; 3]);
+        assert!(outside.iter().all(|&v| v == HU_MIN));
+        let edge = crop_resampled(hu.view(), [9.5, 5.0, 4.0], [1.0; 3], [1.0; 3]);
+        assert_eq!(edge[[16, 24, 24]], 0.0);
     }
 
     #[test]

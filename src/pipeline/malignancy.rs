@@ -3,7 +3,10 @@
 //! Two sources, chosen at load:
 //!
 //! * an ONNX model with the nodule classifier's interface (`N×1×32×48×48` crop, two classes), run on
-//!   the same crop as the nodule classifier: p_malignant = softmax[:, 1] (`probabilities[:, 1]`);
+//!   the same crop as the nodule classifier, or on a crop resampled to millimetres when the model
+//!   declares `crop_mm` (noduled's own: size is most of the malignancy signal, and a crop of the
+//!   CT's voxels tells size only as well as the spacing is known): p_malignant = softmax[:, 1]
+//!   (`probabilities[:, 1]`);
 //! * the book's **diameter baseline** (chapter 14), for when no malignancy model is available. The
 //!   book thresholds the nodule diameter; its operating points on LUNA16 were 5.42 mm (TPR 0.96,
 //!   FPR 0.43) and 10.55 mm (TPR 0.56, FPR 0.01). noduled turns the threshold into a probability
@@ -42,14 +45,17 @@ pub fn p_malignant_from_diameter(diameter_mm: f64) -> f64 {
 
 impl Malignancy {
     /// p_malignant of one nodule.
+    /// `voxel_mm` is the volume's (index, row, column) spacing: a model that declares a `crop_mm`
+    /// gets its crop resampled to that (see `classify`).
     pub fn assess(
         &self,
         hu: ArrayView3<'_, f32>,
+        voxel_mm: [f64; 3],
         center_irc: [f64; 3],
         diameter_mm: f64,
     ) -> Result<f64, PipelineError> {
         match self {
-            Malignancy::Model(model) => classify_one(model.as_ref(), hu, center_irc),
+            Malignancy::Model(model) => classify_one(model.as_ref(), hu, voxel_mm, center_irc),
             Malignancy::Diameter => Ok(p_malignant_from_diameter(diameter_mm)),
         }
     }

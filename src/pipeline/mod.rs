@@ -609,6 +609,7 @@ impl Pipeline {
             classify::classify(
                 self.models.nodule.as_ref(),
                 hu,
+                geometry.spacing_irc(),
                 &centers,
                 Stage::Classify,
                 progress,
@@ -641,10 +642,12 @@ impl Pipeline {
                 .with_max_len(1)
                 .map(|&k| {
                     let c = &candidates[k];
-                    let p = self
-                        .models
-                        .malignancy
-                        .assess(hu, c.center_irc, c.diameter_mm)?;
+                    let p = self.models.malignancy.assess(
+                        hu,
+                        geometry.spacing_irc(),
+                        c.center_irc,
+                        c.diameter_mm,
+                    )?;
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     progress(Stage::Malignancy, n, nodules.len());
                     Ok(p)
