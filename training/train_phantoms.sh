@@ -48,6 +48,8 @@ fi
 # The best attempt since (COUNT=48 NODULES=16, all blocks, 30 cosine epochs, candidate centres, flip
 # average: `--train-blocks 4 --epochs 30 --samples 800 --batch 16 --lr 1e-3 --cosine
 # --candidate-centres --flip-average`) came to 0.915 against 0.920 through noduled eval: still below.
+# With crops resampled to millimetres (`--crop-mm 1.5 0.75 0.75 --rotate`, same set and recipe) it
+# beats the baseline on its val CTs and one fresh set but not on two others (models/README.md).
 "$PY" training/finetune_malignancy.py "$WORK/phantoms" --manifest "$WORK/manifest.csv" --nodule "$WORK/run/nodule.pt" --out "$WORK/malignancy" --seed "$SEED" --train-blocks 2 --epochs 15 --samples 800 --batch 16
 "$PY" training/export.py "$WORK/run" --out models --synthetic \
     --dataset "noduled phantom (synthetic)" \
