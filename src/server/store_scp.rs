@@ -722,6 +722,28 @@ mod tests {
     }
 
     #[test]
+    fn an_undefined_length_un_sequence_in_implicit_vr_is_refused_not_misread() {
+        // PS3.5 6.2.2 encodes a private sequence sent as UN of undefined length in implicit VR.
+        // dicom-rs 0.10 reads its items' elements as explicit VR, where this element's 4-byte
+        // length "ABCD" becomes a 1 GB length: the parser fails, and the walk, modelling the
+        // parser, refuses it first. The sender gets "cannot understand", never a misread slice.
+        let mut data = short_element(0x0008, 0x0060, b"CS", b"CT");
+        data.extend(long_element(0x0009, 0x1010, b"UN", 0xFFFF_FFFF, &[]));
+        data.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        data.extend_from_slice(&[0x09, 0x00, 0x11, 0x10, 4, 0, 0, 0]);
+        data.extend_from_slice(b"ABCD");
+        data.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        data.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        data.extend(long_element(0x7FE0, 0x0010, b"OW", 8, &[0; 8]));
+        let ts = TransferSyntaxRegistry.get("1.2.840.10008.1.2.1").unwrap();
+        assert!(InMemDicomObject::read_dataset_with_ts(data.as_slice(), ts).is_err());
+        let error = walk_declared_lengths(&data, true).unwrap_err();
+        assert!(error.contains("declares"), "{error}");
+        let refused = validate(data, "1.2.840.10008.1.2.1", "", "").unwrap_err();
+        assert_eq!(refused.status, status::CANNOT_UNDERSTAND);
+    }
+
+    #[test]
     fn the_header_only_path_accepts_what_the_full_decode_accepts_and_no_more() {
         for explicit in [true, false] {
             let ts = if explicit {
