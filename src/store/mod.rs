@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -140,16 +140,39 @@ pub fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How long [`open_index`] waits for an index whose lock another holder is giving up.
+const INDEX_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the sled index at `path`. sled's lock outlives a dropped `Db` for a moment (its flusher
+/// thread exits on its own), and a restarted daemon can start while the old process still exits,
+/// so a held lock is retried for [`INDEX_LOCK_WAIT`] before it is an error.
+fn open_index(path: &Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            // sled reports a held lock only in words (an `Other` I/O error)
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < INDEX_LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store under `state_dir`, and indexes any spool file a crash left
     /// unindexed. `min_free_mb` is the disk watermark below which new instances are refused.
     pub fn open(state_dir: &Path, min_free_mb: u64) -> Result<Store, StoreError> {
         let spool = state_dir.join("spool");
         fs::create_dir_all(&spool).map_err(io(&spool))?;
-        let db = sled::Config::new()
-            .path(state_dir.join("index.sled"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_index(&state_dir.join("index.sled"))?;
         let store = Store {
             root: state_dir.to_path_buf(),
             instances: db.open_tree("instances")?,

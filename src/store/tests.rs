@@ -189,3 +189,17 @@ fn a_slot_made_ahead_receives_the_instance_and_leftovers_are_removed() {
     assert_eq!(count(&slots), 0);
     assert_eq!(store.all_instances().unwrap().len(), 1);
 }
+
+#[test]
+fn reopening_waits_for_an_index_lock_being_given_up() {
+    // A restarted daemon may open the index while the old holder is still letting go of it.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 0).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(store);
+    });
+    let again = Store::open(dir.path(), 0);
+    holder.join().unwrap();
+    assert!(again.is_ok(), "{:?}", again.err());
+}
