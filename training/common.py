@@ -85,42 +85,22 @@ def crop(hu: np.ndarray, centre_irc, size=CROP) -> np.ndarray:
     return out
 
 
-def crop_resampled(hu: np.ndarray, centre_irc, voxel_mm_irc, crop_mm_irc, size=CROP) -> np.ndarray:
+def crop_resampled(hu: np.ndarray, centre_irc, voxel_mm_irc, crop_mm_irc, angle: float = 0.0,
+                   size=CROP) -> np.ndarray:
     """The crop of `size` sampled every `crop_mm_irc` mm (index, row, column) around `centre_irc`:
     noduled's `crop_resampled` (src/pipeline/classify.rs). Crop voxel k of an axis sits at
     `c + (k - size/2) * crop_mm / voxel_mm` (voxel k = size/2 on the unrounded centre), HU are
     clamped to [-1000, 1000] and then interpolated trilinearly, voxels outside the volume count as
-    -1000. A model fed this sees a nodule's size in millimetres whatever the scan's spacing."""
-    corners = []
-    for axis in range(3):
-        step = float(crop_mm_irc[axis]) / float(voxel_mm_irc[axis])
-        p = float(centre_irc[axis]) + (np.arange(size[axis], dtype=np.float64) - size[axis] / 2) * step
-        lower = np.floor(p).astype(np.int64)
-        frac = p - lower
-        corners.append(((lower, 1.0 - frac), (lower + 1, frac)))
-    out = np.zeros(size, dtype=np.float64)
-    for iz, wz in corners[0]:
-        for iy, wy in corners[1]:
-            for ix, wx in corners[2]:
-                inside = [(i >= 0) & (i < n) for i, n in zip((iz, iy, ix), hu.shape)]
-                values = np.clip(hu[np.ix_(*(np.clip(i, 0, n - 1) for i, n in zip((iz, iy, ix), hu.shape)))]
-                                 .astype(np.float64), HU_MIN, HU_MAX)
-                values[~(inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :])] = HU_MIN
-                out += wz[:, None, None] * wy[None, :, None] * wx[None, None, :] * values
-    return out.astype(np.float32)
-
-
-def crop_resampled_rotated(hu: np.ndarray, centre_irc, voxel_mm_irc, crop_mm_irc, angle: float,
-                           size=CROP) -> np.ndarray:
-    """`crop_resampled` with the crop's (row, column) grid turned by `angle` radians about the
-    index axis through the centre: training augmentation that keeps millimetres millimetres (a
-    nodule keeps its size at any angle, where the 90° turns of `augment` give only four views).
-    Same sampling, interpolation and padding; angle 0 gives `crop_resampled`'s crop."""
+    -1000. A model fed this sees a nodule's size in millimetres whatever the scan's spacing.
+    `angle` (radians, training augmentation only) turns the (row, column) grid about the index
+    axis through the centre: a nodule keeps its size at any angle, where the 90° turns of
+    `augment` give only four views."""
     k = [(np.arange(n, dtype=np.float64) - n / 2) * float(mm) for n, mm in zip(size, crop_mm_irc)]
     dz, dy, dx = np.meshgrid(*k, indexing="ij")
-    cos, sin = np.cos(angle), np.sin(angle)
-    offsets_mm = (dz, cos * dy - sin * dx, sin * dy + cos * dx)
-    points = [float(c) + o / float(v) for c, o, v in zip(centre_irc, offsets_mm, voxel_mm_irc)]
+    if angle:
+        cos, sin = np.cos(angle), np.sin(angle)
+        dy, dx = cos * dy - sin * dx, sin * dy + cos * dx
+    points = [float(c) + o / float(v) for c, o, v in zip(centre_irc, (dz, dy, dx), voxel_mm_irc)]
     lower = [np.floor(p).astype(np.int64) for p in points]
     frac = [p - lo for p, lo in zip(points, lower)]
     out = np.zeros(size, dtype=np.float64)

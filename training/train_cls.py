@@ -60,11 +60,9 @@ def cut(cache, uid, irc, rng=None, jitter=(1, 2, 2), crop_mm=None, rotate=False)
         irc = np.asarray(irc, float) + np.array([rng.integers(-j, j + 1) for j in jitter])
     if crop_mm is None:
         x = common.crop(ct.hu, irc)
-    elif rng is not None and rotate:
-        x = common.crop_resampled_rotated(ct.hu, irc, ct.spacing_xyz[::-1], crop_mm,
-                                          float(rng.uniform(0.0, 2 * np.pi)))
     else:
-        x = common.crop_resampled(ct.hu, irc, ct.spacing_xyz[::-1], crop_mm)
+        angle = float(rng.uniform(0.0, 2 * np.pi)) if rng is not None and rotate else 0.0
+        x = common.crop_resampled(ct.hu, irc, ct.spacing_xyz[::-1], crop_mm, angle)
     if rng is not None:
         x = common.augment(x, rng)
     return x[None]

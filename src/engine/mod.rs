@@ -379,9 +379,9 @@ mod tests {
         assert_eq!(engine_named("ort", 1).is_ok(), cfg!(feature = "ort"));
     }
 
-    #[test]
-    fn declared_role_must_agree() {
-        let mut info = ModelInfo {
+    /// A crop model (`[batch, 1, 32, 48, 48]`) with no metadata.
+    fn crop_model() -> ModelInfo {
+        ModelInfo {
             path: PathBuf::from("m.onnx"),
             name: "m.onnx".into(),
             sha256: String::new(),
@@ -395,7 +395,12 @@ mod tests {
                 Dim::Fixed(48),
             ],
             output_names: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn declared_role_must_agree() {
+        let mut info = crop_model();
         assert!(check_role(&info, ModelRole::Nodule).is_ok());
         info.metadata.insert("noduled.role".into(), "nodule".into());
         assert!(check_role(&info, ModelRole::Nodule).is_ok());
@@ -407,21 +412,7 @@ mod tests {
 
     #[test]
     fn crop_spacing_is_read_and_a_bad_one_refused() {
-        let mut info = ModelInfo {
-            path: PathBuf::from("m.onnx"),
-            name: "m.onnx".into(),
-            sha256: String::new(),
-            metadata: BTreeMap::new(),
-            input_name: "ct_crop".into(),
-            input_shape: vec![
-                free("batch"),
-                Dim::Fixed(1),
-                Dim::Fixed(32),
-                Dim::Fixed(48),
-                Dim::Fixed(48),
-            ],
-            output_names: vec![],
-        };
+        let mut info = crop_model();
         assert_eq!(info.crop_mm(), Ok(None));
         let mut declare = |input: &str| {
             info.metadata

@@ -123,24 +123,6 @@ pub fn crop_resampled(
     })
 }
 
-/// The crop a model asks for: resampled to its declared `crop_mm`, else the CT's own voxels.
-fn model_crop(
-    model: &dyn Model,
-    hu: ArrayView3<'_, f32>,
-    voxel_mm: [f64; 3],
-    center_irc: [f64; 3],
-) -> Result<Array3<f32>, PipelineError> {
-    match model.info().crop_mm() {
-        Ok(None) => Ok(crop(hu, center_irc)),
-        Ok(Some(crop_mm)) => Ok(crop_resampled(hu, center_irc, voxel_mm, crop_mm)),
-        // (refused at load by `engine::check_role`; only a model loaded without it gets here)
-        Err(message) => Err(PipelineError::Engine(crate::engine::EngineError::Parse {
-            path: model.info().path.clone(),
-            message,
-        })),
-    }
-}
-
 /// The positive-class probability of a two-class model's batch-1 answer: `probabilities[0, 1]`, or
 /// the softmax of `logits`, or else column 1 of the last output (what the reference reads).
 pub fn positive_probability(outputs: &Outputs, model: &str) -> Result<f64, PipelineError> {
@@ -169,6 +151,34 @@ pub fn positive_probability(outputs: &Outputs, model: &str) -> Result<f64, Pipel
     }
 }
 
+/// The crop spacing `model` declares (`None`: the CT's own voxels). A malformed declaration is
+/// refused at load by `engine::check_role`; only a model loaded without that check gets the error.
+fn crop_grid(model: &dyn Model) -> Result<Option<[f64; 3]>, PipelineError> {
+    model.info().crop_mm().map_err(|message| {
+        PipelineError::Engine(crate::engine::EngineError::Parse {
+            path: model.info().path.clone(),
+            message,
+        })
+    })
+}
+
+/// Runs `model` on the crop around `center_irc` cut on `grid`; the positive-class probability.
+fn classify_on_grid(
+    model: &dyn Model,
+    grid: Option<[f64; 3]>,
+    hu: ArrayView3<'_, f32>,
+    voxel_mm: [f64; 3],
+    center_irc: [f64; 3],
+) -> Result<f64, PipelineError> {
+    let block = match grid {
+        None => crop(hu, center_irc),
+        Some(crop_mm) => crop_resampled(hu, center_irc, voxel_mm, crop_mm),
+    };
+    let input = block.insert_axis(Axis(0)).insert_axis(Axis(0));
+    let outputs = model.run(input.view().into_dyn())?;
+    positive_probability(&outputs, &model.info().name)
+}
+
 /// Runs a two-class crop model on the crop of one centre (of a volume whose voxels are `voxel_mm`
 /// apart, index, row, column); the positive-class probability.
 pub fn classify_one(
@@ -177,11 +187,7 @@ pub fn classify_one(
     voxel_mm: [f64; 3],
     center_irc: [f64; 3],
 ) -> Result<f64, PipelineError> {
-    let input = model_crop(model, hu, voxel_mm, center_irc)?
-        .insert_axis(Axis(0))
-        .insert_axis(Axis(0));
-    let outputs = model.run(input.view().into_dyn())?;
-    positive_probability(&outputs, &model.info().name)
+    classify_on_grid(model, crop_grid(model)?, hu, voxel_mm, center_irc)
 }
 
 /// The positive-class probability of every centre, in order, in parallel on the current rayon pool.
@@ -193,6 +199,7 @@ pub fn classify(
     stage: Stage,
     progress: &(dyn Fn(Stage, usize, usize) + Sync),
 ) -> Result<Vec<f64>, PipelineError> {
+    let grid = crop_grid(model)?;
     let total = centers.len();
     let done = AtomicUsize::new(0);
     progress(stage, 0, total);
@@ -200,7 +207,7 @@ pub fn classify(
         .par_iter()
         .with_max_len(1)
         .map(|&center| {
-            let p = classify_one(model, hu, voxel_mm, center)?;
+            let p = classify_on_grid(model, grid, hu, voxel_mm, center)?;
             progress(stage, done.fetch_add(1, Ordering::Relaxed) + 1, total);
             Ok(p)
         })
