@@ -135,6 +135,12 @@ fn tiny_training_run_exports_models_noduled_loads() {
                 "1.5",
                 "0.75",
                 "0.75",
+                "--rotate",
+                // the shipped recipe's frozen stem: blocks 3-4 and the head train on cached views
+                "--train-blocks",
+                "2",
+                "--views",
+                "2",
             ][..],
             &tiny[..],
         ]

@@ -154,3 +154,35 @@ def test_flip_average_is_the_mean_of_the_eight_flips_and_exports(tmp_path):
     # export.check_runtime compares the ONNX file with the wrapped model (onnxruntime, when installed)
     assert export.main([str(run), "--out", str(tmp_path / "models"), "--dataset", "pytest"]) == 0
     assert (tmp_path / "models" / "malignancy.onnx").is_file()
+
+
+def test_cached_view_finetuning_trains_only_the_unfrozen_blocks():
+    """finetune_malignancy.py --views: the frozen stem (input batch norm, blocks 1-2 with
+    --train-blocks 2) keeps its weights, blocks 3-4 and the new head learn, every epoch reports a
+    finite loss."""
+    import torch
+
+    import finetune_malignancy
+    from models import NoduleNet
+
+    class Ct:
+        hu = np.full((40, 64, 64), -800, dtype=np.int16)
+        hu[16:24, 26:38, 26:38] = 40
+        spacing_xyz = (0.7, 0.7, 2.0)
+
+    class Cache:
+        def get(self, uid):
+            return Ct
+
+    torch.manual_seed(0)
+    model, _ = finetune_malignancy.build(NoduleNet().state_dict(), 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    entries = [("a", (20.0, 32.0, 32.0), True, 8.0), ("a", (10.0, 20.0, 20.0), False, 4.0)] * 2
+    history = finetune_malignancy.fit_on_cached_views(
+        model, 2, Cache(), entries, np.random.default_rng(0), views=2, epochs=2, batch=4, lr=1e-2,
+        cosine=True, crop_mm=(1.5, 0.75, 0.75), rotate=True)
+    assert len(history) == 2 and all(np.isfinite(history))
+    after = model.state_dict()
+    for name, value in before.items():
+        frozen = name.startswith(("tail_batchnorm", "block1.", "block2."))
+        assert torch.equal(after[name], value) == frozen, name
