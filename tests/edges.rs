@@ -263,11 +263,15 @@ fn twenty_slices_of_8_mm_are_analysed_with_caveats_or_refused() {
     let cls = book.join("nodule_cls.onnx");
     let json = dir.path().join("analysis.json");
     let sr_path = dir.path().join("sr.dcm");
+    // The book's models and the diameter baseline: no `synthetic-models` caveat joins the two
+    // the slices earn (models/ holds a phantom-trained malignancy model).
     let models = [
         "--seg-model",
         seg.to_str().unwrap(),
         "--nodule-model",
         cls.to_str().unwrap(),
+        "--malignancy-model",
+        "diameter",
     ];
     let mut args = vec!["analyze", series.as_str(), "--threads", "2"];
     args.extend(models);
