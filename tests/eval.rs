@@ -4,22 +4,8 @@
 
 mod common;
 
+use common::noduled;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Runs the binary; returns (exit code, stdout, stderr).
-fn noduled(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_noduled"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("noduled runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn book_models(shared: &Path) -> (PathBuf, PathBuf) {
     let book = shared.join("models/book");

@@ -4,21 +4,10 @@
 //! annotated-diameter baseline's on the same nodules. Retrained models that fall below fail here,
 //! not in a reader's hands. Needs nothing from `../shared`.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn noduled(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_noduled"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("noduled runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::noduled;
+use std::path::Path;
 
 #[test]
 fn shipped_models_meet_the_bar_on_fresh_phantoms() {

@@ -37,7 +37,7 @@ import torch
 
 import common
 from models import FlipAveraged, NoduleNet
-from train_cls import cut, open_inputs, predict, train_balanced
+from train_cls import cut, open_inputs, optimise, predict, train_balanced
 
 BLOCKS = ("block4", "block3", "block2", "block1")
 
@@ -162,32 +162,17 @@ def fit_on_cached_views(model, train_blocks: int, cache, entries, rng, views: in
     if not len(pos) or not len(neg):
         raise SystemExit(f"malignancy: training needs both classes (got {len(pos)} malignant, {len(neg)} benign)")
     params = [p for b in trained for p in b.parameters()] + list(model.head_linear.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
-    steps = max(len(entries) // batch, 1)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps) if cosine else None
     loss_fn = torch.nn.CrossEntropyLoss()
-    history = []
-    for epoch in range(epochs):
+
+    def batch_loss():
+        idx = np.concatenate([rng.choice(pos, batch // 2), rng.choice(neg, batch - batch // 2)])
+        h = kept[rng.integers(views, size=len(idx)), idx].float()
         for b in trained:
-            b.train()
-        losses = []
-        for _ in range(steps):
-            idx = np.concatenate([rng.choice(pos, batch // 2), rng.choice(neg, batch - batch // 2)])
-            h = kept[rng.integers(views, size=len(idx)), idx].float()
-            for b in trained:
-                h = b(h)
-            loss = loss_fn(model.head_linear(h.flatten(1)), torch.from_numpy(labels[idx].astype(np.int64)))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-        print(f"malignancy epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.time() - started:.0f} s)",
-              flush=True)
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
+            h = b(h)
+        return loss_fn(model.head_linear(h.flatten(1)), torch.from_numpy(labels[idx].astype(np.int64)))
+
+    history = optimise(params, epochs, max(len(entries) // batch, 1), lr, batch_loss, "malignancy", cosine,
+                       on_epoch)
     model.eval()
     return history
 

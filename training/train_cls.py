@@ -93,21 +93,30 @@ def train_balanced(model, params, cache, entries, labels, epochs, samples, batch
         raise SystemExit(f"{tag}: training needs both classes (got {len(pos)} positive, {len(neg)} negative)")
     # channels-last 3D convolutions are about 4x faster on CPU than the default layout
     model.to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.Adam(params, lr=lr)
-    steps_per_epoch = max(samples // batch, 1)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if cosine else None
     loss_fn = torch.nn.CrossEntropyLoss()
-    history, started = [], time.time()
+    y = torch.tensor([k % 2 == 0 for k in range(batch)], dtype=torch.long)
+
+    def batch_loss():
+        chosen = [pos[int(rng.integers(len(pos)))] if k % 2 == 0 else neg[int(rng.integers(len(neg)))]
+                  for k in range(batch)]
+        x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng, crop_mm=crop_mm, rotate=rotate) for e in chosen]))
+        return loss_fn(model(x.to(memory_format=torch.channels_last_3d))[0], y)
+
     model.train()
+    return optimise(params, epochs, max(samples // batch, 1), lr, batch_loss, tag, cosine, on_epoch)
+
+
+def optimise(params, epochs, steps_per_epoch, lr, batch_loss, tag, cosine=False, on_epoch=None):
+    """The training loop every trainer of crops shares: Adam on `params`, `steps_per_epoch` steps of
+    `batch_loss()` (a fresh batch's loss) an epoch, the learning rate optionally decayed along a
+    cosine over all steps, the mean loss printed and returned per epoch, `on_epoch(epoch)` after each."""
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if cosine else None
+    history, started = [], time.time()
     for epoch in range(epochs):
         losses = []
         for _ in range(steps_per_epoch):
-            chosen = [pos[int(rng.integers(len(pos)))] if k % 2 == 0 else neg[int(rng.integers(len(neg)))]
-                      for k in range(batch)]
-            x = torch.from_numpy(np.stack([cut(cache, e[0], e[1], rng, crop_mm=crop_mm, rotate=rotate) for e in chosen]))
-            x = x.to(memory_format=torch.channels_last_3d)
-            y = torch.tensor([k % 2 == 0 for k in range(batch)], dtype=torch.long)
-            loss = loss_fn(model(x)[0], y)
+            loss = batch_loss()
             opt.zero_grad()
             loss.backward()
             opt.step()

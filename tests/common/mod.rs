@@ -56,3 +56,17 @@ pub fn lidc_case(shared: &std::path::Path, case: &str) -> PathBuf {
     shared.join("data/lidc").join(case)
 }
 pub mod daemon;
+
+/// Runs the noduled binary with `RUST_LOG=warn`; returns (exit code, stdout, stderr).
+pub fn noduled(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_noduled"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("noduled runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
